@@ -1,0 +1,337 @@
+"""Tiled, batched, overlap-blended inference over a raster, read and written window by window.
+
+How a raster (or a window of it) is processed:
+
+- The region is covered by a grid of ``tile`` x ``tile`` windows that overlap by ``overlap`` pixels; the last
+  row/column of tiles is shifted back to end on the region's edge, so every tile lies inside the raster. A region
+  smaller than a tile gets one tile of its own size. Tiles are padded (reflect) up to a multiple of the net's stride.
+- Each tile's probabilities are weighted by a 2-D raised cosine (Hann) window with a small floor, so tile edges
+  count little and seams vanish; pixels at the raster edge (covered by one tile) still get a non-zero weight.
+  The tile grid is a product of row and column origins, so the sum of weights is the outer product of two 1-D
+  sums and needs no buffer.
+- Blended probabilities are accumulated in a strip one tile high and as wide as the region; each time a tile row
+  is done, the rows no later tile touches are written out. Peak memory therefore grows with width x tile, never
+  with the raster's height, and the GDAL block cache is what bounds the rest.
+- A reader thread reads, normalises and batches tiles ahead of the model (a bounded prefetch queue); a writer
+  thread encodes and writes finished rows, so disk and model overlap.
+- Pixels that are nodata in any model band (dataset nodata, per-band or alpha masks, NaN) are written as nodata in
+  the probability raster and the mask. Tiles with no valid pixel skip the model.
+"""
+
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+import rasterio.windows
+import torch
+from rasterio.enums import MaskFlags
+from rasterio.windows import Window
+
+from . import device as devices
+from .errors import Cancelled, InputError
+from .rasters import encode_probability, mask_profile, probability_profile, threshold_mask
+
+WEIGHT_FLOOR = 1e-3
+PREFETCH_BATCHES = 2
+
+
+def tile_origins(length, tile, overlap):
+    """Start offsets of tiles of size ``min(tile, length)`` covering ``length`` with at least ``overlap`` overlap."""
+    if length <= tile:
+        return [0]
+    return list(range(0, length - tile, tile - overlap)) + [length - tile]
+
+
+def hann_weights(size, floor=WEIGHT_FLOOR):
+    """1-D raised cosine window over ``size`` pixels, peaking at the centre, never below ``floor``."""
+    centres = (np.arange(size, dtype=np.float64) + 0.5) / size
+    return (floor + (1.0 - floor) * np.sin(np.pi * centres) ** 2).astype(np.float32)
+
+
+def weight_coverage(length, origins, weights):
+    """Sum over tiles of the 1-D weights at each position along one axis."""
+    total = np.zeros(length, dtype=np.float64)
+    for origin in origins:
+        total[origin:origin + len(weights)] += weights
+    return total.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles covering a region of ``height`` x ``width`` pixels, in row-major order."""
+    height: int
+    width: int
+    tile_height: int
+    tile_width: int
+    row_origins: list
+    col_origins: list
+
+    @classmethod
+    def over(cls, height, width, tile, overlap):
+        tile_height, tile_width = min(tile, height), min(tile, width)
+        return cls(height, width, tile_height, tile_width,
+                   tile_origins(height, tile, overlap), tile_origins(width, tile, overlap))
+
+    def __len__(self):
+        return len(self.row_origins) * len(self.col_origins)
+
+    def tiles(self):
+        """(row origin, column origin) of each tile, row by row."""
+        for row in self.row_origins:
+            for col in self.col_origins:
+                yield row, col
+
+
+@dataclass
+class Batch:
+    """Tiles ready for the model: inputs [N, C, H', W'] (normalised, padded) and per-tile placement."""
+    inputs: np.ndarray
+    valid: np.ndarray  # [N, tile_height, tile_width] bool
+    places: list       # (row origin, column origin) per tile
+    has_data: np.ndarray  # [N] bool: at least one valid pixel
+
+
+class TileReader:
+    """Reads the tiles of ``grid`` (offset by ``region``) from ``src_path``: selected bands, DN -> reflectance ->
+    normalised, nodata found and zeroed, padded to a multiple of ``stride``, grouped in batches of ``batch``."""
+
+    def __init__(self, src_path, grid, region, band_index, scale, offset, mean, std, stride, batch):
+        self.src_path, self.grid, self.region, self.batch = src_path, grid, region, batch
+        self.band_index = list(band_index)
+        bands = len(self.band_index)
+        scale = np.broadcast_to(np.asarray(scale, np.float32), (bands,))
+        offset = np.broadcast_to(np.asarray(offset, np.float32), (bands,))
+        mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        self.gain = (scale / std).reshape(-1, 1, 1)
+        self.bias = ((offset - mean) / std).reshape(-1, 1, 1)
+        self.padded = tuple(-(-size // stride) * stride for size in (grid.tile_height, grid.tile_width))
+
+    def batches(self):
+        with rasterio.open(self.src_path) as src:
+            needs_masks = any(MaskFlags.all_valid not in src.mask_flag_enums[i - 1] for i in self.band_index)
+            places = []
+            for place in self.grid.tiles():
+                places.append(place)
+                if len(places) == self.batch:
+                    yield self._read_batch(src, places, needs_masks)
+                    places = []
+            if places:
+                yield self._read_batch(src, places, needs_masks)
+
+    def _read_batch(self, src, places, needs_masks):
+        grid = self.grid
+        height, width = grid.tile_height, grid.tile_width
+        inputs = np.empty((len(places), len(self.band_index)) + self.padded, dtype=np.float32)
+        valid = np.empty((len(places), height, width), dtype=bool)
+        for k, (row, col) in enumerate(places):
+            window = Window(self.region.col_off + col, self.region.row_off + row, width, height)
+            dn = src.read(self.band_index, window=window, out_dtype="float32")
+            tile_valid = np.isfinite(dn).all(axis=0)
+            if needs_masks:
+                tile_valid &= src.read_masks(self.band_index, window=window).all(axis=0)
+            tile = dn * self.gain + self.bias
+            tile[:, ~tile_valid] = 0.0
+            pad = ((0, 0), (0, self.padded[0] - height), (0, self.padded[1] - width))
+            inputs[k] = np.pad(tile, pad, mode="reflect") if any(p for _, p in pad) else tile
+            valid[k] = tile_valid
+        return Batch(inputs, valid, list(places), valid.reshape(len(places), -1).any(axis=1))
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that, if it fails, sets ``stop`` (so no one waits on it) and keeps the exception for
+    :meth:`finish` to re-raise in the caller."""
+
+    def __init__(self, target, stop):
+        super().__init__(daemon=True)
+        self._target_fn, self._stop_event, self.error = target, stop, None
+
+    def run(self):
+        try:
+            self._target_fn()
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+            self._stop_event.set()
+
+    def finish(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _Pipe:
+    """Bounded queue between threads that gives up when ``stop`` is set instead of blocking forever."""
+
+    _END = object()
+
+    def __init__(self, maxsize, stop):
+        self.queue, self.stop = queue.Queue(maxsize), stop
+
+    def put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self):
+        self.put(self._END)
+
+    def __iter__(self):
+        while not self.stop.is_set():
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is self._END:
+                return
+            yield item
+
+
+class RowWriter:
+    """Writes finished rows of blended probabilities (and optionally the thresholded mask) in a thread."""
+
+    def __init__(self, prob_path, mask_path, threshold, prob_format, grid_profile, stop):
+        self.prob_path, self.mask_path, self.threshold, self.prob_format = prob_path, mask_path, threshold, prob_format
+        self.grid_profile = grid_profile
+        self.pipe = _Pipe(PREFETCH_BATCHES, stop)
+        self.thread = _Worker(self._write_all, stop)
+
+    def _write_all(self):
+        with rasterio.open(self.prob_path, "w", **probability_profile(self.prob_format, **self.grid_profile)) as prob_dst:
+            mask_dst = (rasterio.open(self.mask_path, "w", **mask_profile(**self.grid_profile))
+                        if self.mask_path else None)
+            try:
+                for row, prob, valid in self.pipe:
+                    window = Window(0, row, prob.shape[1], prob.shape[0])
+                    prob_dst.write(encode_probability(prob, valid, self.prob_format), 1, window=window)
+                    if mask_dst is not None:
+                        mask_dst.write(threshold_mask(prob, valid, self.threshold), 1, window=window)
+            finally:
+                if mask_dst is not None:
+                    mask_dst.close()
+
+
+class StripAccumulator:
+    """Weighted probabilities of the tile row being blended, as wide as the region, one tile high."""
+
+    def __init__(self, grid):
+        self.grid = grid
+        weights_y, weights_x = hann_weights(grid.tile_height), hann_weights(grid.tile_width)
+        self.tile_weights = np.outer(weights_y, weights_x)
+        self.coverage_y = weight_coverage(grid.height, grid.row_origins, weights_y)
+        self.coverage_x = weight_coverage(grid.width, grid.col_origins, weights_x)
+        self.sums = np.zeros((grid.tile_height, grid.width), dtype=np.float32)
+        self.valid = np.zeros((grid.tile_height, grid.width), dtype=bool)
+        self.top = 0  # raster row of the strip's first row
+        self.valid_pixels = 0
+
+    def add(self, row, col, prob, valid):
+        rows = slice(row - self.top, row - self.top + self.grid.tile_height)
+        cols = slice(col, col + self.grid.tile_width)
+        self.sums[rows, cols] += prob * self.tile_weights
+        self.valid[rows, cols] = valid
+
+    def advance(self, new_top):
+        """Release rows [top, new_top) as (first row, probabilities, valid) and move the strip down to new_top."""
+        done = new_top - self.top
+        coverage = self.coverage_y[self.top:new_top, None] * self.coverage_x[None, :]
+        finished = (self.top, self.sums[:done] / coverage, self.valid[:done].copy())
+        self.valid_pixels += int(finished[2].sum())
+        keep = len(self.sums) - done
+        self.sums[:keep] = self.sums[done:]
+        self.valid[:keep] = self.valid[done:]
+        self.sums[keep:] = 0.0
+        self.valid[keep:] = False
+        self.top = new_top
+        return finished
+
+
+def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=4, band_index,
+                   radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", progress=None,
+                   is_canceled=None):
+    """Run ``bundle``'s net over ``src_path`` (or its ``window``) and write the probability raster ``prob_path``.
+
+    ``band_index``: 1-based raster band per model band. ``radiometry``: reflectance = DN * scale + offset (scalars
+    or per model band); the bundle's per-band mean/std then normalise. With ``mask_path`` the thresholded mask
+    (``threshold``, default the bundle's) is written in the same pass. Outputs share the region's grid.
+    Raises InputError when no pixel of the region has data, Cancelled when ``is_canceled()`` turns True.
+    """
+    spec = bundle.spec
+    tile = int(tile or spec.tile_size)
+    overlap = int(spec.overlap if overlap is None else overlap)
+    threshold = float(spec.threshold if threshold is None else threshold)
+    progress = progress or (lambda percent: None)
+    is_canceled = is_canceled or (lambda: False)
+    info = device if isinstance(device, devices.DeviceInfo) else devices.resolve_device(device)
+    net = bundle.net.to(info.device).eval()
+
+    with rasterio.open(src_path) as src:
+        region = window or Window(0, 0, src.width, src.height)
+        grid_profile = {"width": int(region.width), "height": int(region.height), "crs": src.crs,
+                        "transform": src.window_transform(region)}
+    grid = TileGrid.over(int(region.height), int(region.width), tile, overlap)
+    reader = TileReader(src_path, grid, region, band_index, radiometry.scale, radiometry.offset,
+                        spec.norm_mean, spec.norm_std, net.stride, batch)
+    stop = threading.Event()
+    batches = _Pipe(PREFETCH_BATCHES, stop)
+    reader_thread = _Worker(lambda: _feed(reader, batches), stop)
+    writer = RowWriter(prob_path, mask_path, threshold, prob_format, grid_profile, stop)
+    strip = StripAccumulator(grid)
+    devices.set_cpu_threads()
+    reader_thread.start()
+    writer.thread.start()
+    try:
+        tiles_done = 0
+        for item in batches:
+            if is_canceled():
+                raise Cancelled("segmentation was cancelled; no output was written")
+            probs = _predict_batch(net, info, item, batch)
+            for (row, col), prob, valid in zip(item.places, probs, item.valid):
+                if row > strip.top:
+                    writer.pipe.put(strip.advance(row))
+                strip.add(row, col, prob, valid)
+            tiles_done += len(item.places)
+            progress(100.0 * tiles_done / len(grid))
+        reader_thread.finish()
+        writer.pipe.put(strip.advance(grid.height))
+        writer.pipe.close()
+        writer.thread.finish()
+    finally:
+        stop.set()
+        reader_thread.join()
+        writer.thread.join()
+    if strip.valid_pixels == 0:
+        raise InputError("every pixel of the raster (or of the requested extent) is nodata in the model's bands; "
+                         "choose a raster or extent with data, or fix the raster's nodata value")
+
+
+def _feed(reader, pipe):
+    for item in reader.batches():
+        if not pipe.put(item):
+            return
+    pipe.close()
+
+
+def _predict_batch(net, info, item, batch):
+    """Probabilities [N, tile_height, tile_width] for a batch (zeros for tiles without data)."""
+    grid_height, grid_width = item.valid.shape[1:]
+    probs = np.zeros(item.valid.shape, dtype=np.float32)
+    todo = np.flatnonzero(item.has_data)
+    if todo.size == 0:
+        return probs
+    inputs = torch.from_numpy(item.inputs[todo])
+
+    def run(sub_batch):
+        outputs = []
+        with torch.inference_mode(), info.autocast():
+            for start in range(0, len(inputs), sub_batch):
+                logits = net(info.to_device(inputs[start:start + sub_batch]))
+                outputs.append(torch.sigmoid(logits.float())[:, 0, :grid_height, :grid_width].cpu().numpy())
+        return np.concatenate(outputs)
+
+    probs[todo] = devices.run_with_oom_backoff(run, batch)
+    return probs

@@ -1,0 +1,65 @@
+"""How MineC2F writes its output rasters: GeoTIFF profiles and the probability encoding.
+
+Probability rasters come in two formats:
+
+- ``"uint8"`` (default, 4x smaller): probability p in [0, 1] is stored as ``round(p * 254)``, so 0..254;
+  255 is nodata. Decode with :func:`decode_probability`.
+- ``"float32"``: p stored as is; nodata is NaN.
+
+The mask raster is uint8: 1 = footprint, 0 = background, 255 = nodata.
+"""
+
+import numpy as np
+
+PROB_FORMATS = ("uint8", "float32")
+PROB_UINT8_MAX = 254
+UINT8_NODATA = 255
+MASK_FOOTPRINT, MASK_BACKGROUND, MASK_NODATA = 1, 0, UINT8_NODATA
+BLOCK_SIZE = 256
+
+
+def geotiff_profile(dtype, nodata, *, width, height, crs, transform):
+    """Tiled (256 px), DEFLATE-compressed single-band GeoTIFF profile on the given grid."""
+    return {
+        "driver": "GTiff", "count": 1, "dtype": dtype, "nodata": nodata,
+        "width": width, "height": height, "crs": crs, "transform": transform,
+        "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE,
+        "compress": "deflate", "predictor": 3 if dtype == "float32" else 2, "BIGTIFF": "IF_SAFER",
+    }
+
+
+def probability_profile(prob_format, **grid):
+    """GeoTIFF profile of a probability raster in ``prob_format`` ("uint8" or "float32")."""
+    if prob_format == "uint8":
+        return geotiff_profile("uint8", UINT8_NODATA, **grid)
+    return geotiff_profile("float32", float("nan"), **grid)
+
+
+def mask_profile(**grid):
+    """GeoTIFF profile of a footprint mask raster (1 footprint, 0 background, 255 nodata)."""
+    return geotiff_profile("uint8", MASK_NODATA, **grid)
+
+
+def encode_probability(prob, valid, prob_format):
+    """Probabilities (float, 0..1) -> stored values; pixels where ``valid`` is False become nodata."""
+    if prob_format == "uint8":
+        encoded = np.rint(np.clip(prob, 0.0, 1.0) * PROB_UINT8_MAX).astype(np.uint8)
+        encoded[~valid] = UINT8_NODATA
+        return encoded
+    encoded = prob.astype(np.float32)
+    encoded[~valid] = np.nan
+    return encoded
+
+
+def decode_probability(values):
+    """Stored probability values -> (float32 probabilities 0..1, valid mask)."""
+    if values.dtype == np.uint8:
+        return values.astype(np.float32) / PROB_UINT8_MAX, values != UINT8_NODATA
+    return values.astype(np.float32), np.isfinite(values)
+
+
+def threshold_mask(prob, valid, threshold):
+    """Footprint mask from probabilities: 1 where prob >= threshold, 255 where not valid, else 0."""
+    mask = (prob >= threshold).astype(np.uint8)
+    mask[~valid] = MASK_NODATA
+    return mask
