@@ -15,18 +15,15 @@ import rasterio.features
 import rasterio.warp
 import rasterio.windows
 import shapely
-from osgeo import ogr, osr
+from osgeo import gdal, ogr, osr
 from shapely.geometry import Polygon, shape
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, OutputError
 from .rasters import MASK_FOOTPRINT, decode_probability
 
 with warnings.catch_warnings():  # Debian's pyproj warns about PROJ data it does not need for Geod
     warnings.simplefilter("ignore")
     from pyproj import Geod
-
-ogr.UseExceptions()
-osr.UseExceptions()
 
 _WGS84 = Geod(ellps="WGS84")
 FOOTPRINT_LAYER = "footprints"
@@ -53,8 +50,9 @@ def to_lonlat(geoms, crs):
 
 def geodesic_area_perimeter(geoms, crs):
     """Geodesic areas (m²) and perimeters (m) on the WGS84 ellipsoid of polygons given in ``crs``."""
-    measures = [_WGS84.geometry_area_perimeter(g) for g in to_lonlat(geoms, crs)]
-    areas = np.array([abs(a) for a, _ in measures], dtype=float)
+    lonlat = shapely.orient_polygons(to_lonlat(geoms, crs))  # Geod wants exteriors counter-clockwise
+    measures = [_WGS84.geometry_area_perimeter(g) for g in lonlat]
+    areas = np.array([a for a, _ in measures], dtype=float)
     perimeters = np.array([p for _, p in measures], dtype=float)
     return areas, perimeters
 
@@ -81,14 +79,17 @@ def write_polygons_gpkg(path, geoms, crs_wkt, fields, layer=FOOTPRINT_LAYER, fie
     from ``field_types`` (name -> float | int | str) or else from the first value, so pass ``field_types``
     when the lists may be empty: an empty result still gets a layer with the full schema.
     """
-    field_types = {**{name: type(values[0]) for name, values in fields.items() if len(values)},
+    field_types = {**{name: _python_type(values[0]) for name, values in fields.items() if len(values)},
                    **(field_types or {})}
     srs = osr.SpatialReference()
     srs.ImportFromWkt(crs_wkt)
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    out_layer = dataset.CreateLayer(layer, srs, ogr.wkbMultiPolygon) if dataset is not None else None
+    if out_layer is None:
+        raise OutputError(f"cannot create GeoPackage layer {layer!r} in {path} ({gdal.GetLastErrorMsg()}); "
+                          f"choose a writable .gpkg path")
     try:
-        out_layer = dataset.CreateLayer(layer, srs, ogr.wkbMultiPolygon)
         for name in fields:
             out_layer.CreateField(ogr.FieldDefn(name, _OGR_FIELD_TYPES[field_types.get(name, str)]))
         definition = out_layer.GetLayerDefn()
@@ -104,6 +105,12 @@ def write_polygons_gpkg(path, geoms, crs_wkt, fields, layer=FOOTPRINT_LAYER, fie
         out_layer.CommitTransaction()
     finally:
         dataset = None  # closes and flushes the GeoPackage
+
+
+def _python_type(value):
+    if isinstance(value, (int, np.integer)):
+        return int
+    return float if isinstance(value, (float, np.floating)) else str
 
 
 def polygonize(mask_path, prob_path, out_gpkg, *, min_area_ha, simplify_tolerance_m=None, model_name, source,

@@ -1,0 +1,100 @@
+"""Command line: ``python -m model_core <command> ...``.
+
+Each command is one ``add_<command>_command(subparsers)`` function that declares its arguments and sets
+``handler`` to a function taking the parsed arguments; to add a command, write such a function and list it
+in ``COMMANDS``. Handlers raise MineC2FError subclasses; :func:`main` turns them into one ``error: ...`` line
+and exit status 1 (130 on cancel / Ctrl+C).
+"""
+
+import argparse
+import os
+import sys
+
+from .errors import Cancelled, MineC2FError
+
+
+def add_segment_command(subparsers):
+    parser = subparsers.add_parser(
+        "segment", help="segment mining footprints in a raster",
+        description="Write DIR/<stem>_prob.tif (footprint probability), DIR/<stem>_mask.tif (1 footprint, "
+                    "0 background, 255 nodata) and DIR/<stem>_footprints.gpkg (polygons with area_ha, "
+                    "perimeter_m, mean_prob, max_prob). Unset tile/overlap/threshold/min-area come from the model.")
+    parser.add_argument("input", metavar="INPUT", help="multispectral raster (GeoTIFF or any GDAL raster)")
+    parser.add_argument("--model", help="model bundle (.safetensors); default: the bundled model")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs (created if missing)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--tile", type=int, metavar="N", help="tile size in pixels")
+    parser.add_argument("--overlap", type=int, metavar="N", help="overlap between tiles in pixels")
+    parser.add_argument("--batch", type=int, default=4, metavar="N", help="tiles per model call (default 4)")
+    parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
+    parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
+    parser.add_argument("--bands", metavar="B02=1,B03=2,...",
+                        help="raster band (1-based) for each model band, when names/layout do not tell")
+    parser.add_argument("--scale", type=float, metavar="S", help="reflectance = DN * S + O (default: detected)")
+    parser.add_argument("--offset", type=float, metavar="O", help="reflectance = DN * S + O (default: detected)")
+    parser.add_argument("--bounds", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                        help="only segment this extent, in the raster's CRS")
+    parser.add_argument("--prob-format", choices=("uint8", "float32"), default="uint8",
+                        help="uint8: probability*254, 255 nodata (default); float32: NaN nodata")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="print only the result")
+    parser.set_defaults(handler=run_segment)
+
+
+def run_segment(args):
+    from . import paths
+    from .bands import parse_band_mapping
+    from .pipeline import output_paths, segment_scene
+
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    prob_path, mask_path, footprints_path = output_paths(args.input, args.out_dir)
+    result = segment_scene(
+        args.input, args.model or paths.DEFAULT_MODEL, prob_path, mask_path, footprints_path, device=args.device,
+        tile=args.tile, overlap=args.overlap, batch=args.batch, threshold=args.threshold,
+        min_area_ha=args.min_area_ha, band_mapping=parse_band_mapping(args.bands) if args.bands else None,
+        scale=args.scale, offset=args.offset, bounds=args.bounds, overwrite=args.overwrite,
+        prob_format=args.prob_format, progress=None if args.quiet else _ProgressPrinter(), log=say)
+    print(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha in total")
+    print(f"probability: {result.prob_path}")
+    print(f"mask:        {result.mask_path}")
+    print(f"footprints:  {result.footprints_path}")
+
+
+class _ProgressPrinter:
+    """Prints progress to stderr every 10 %."""
+
+    def __init__(self):
+        self.next_step = 10
+
+    def __call__(self, percent):
+        if percent >= self.next_step:
+            print(f"{int(percent)}%", file=sys.stderr)
+            self.next_step = int(percent) // 10 * 10 + 10
+
+
+COMMANDS = [add_segment_command]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m model_core",
+                                     description="MineC2F: segment mining footprints in multispectral imagery.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    # Bound GDAL's block cache (default 5 % of RAM) so memory stays flat on big rasters; set it to override.
+    os.environ.setdefault("GDAL_CACHEMAX", "128")
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled; no output was written", file=sys.stderr)
+        return 130
+    except MineC2FError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,226 @@
+"""segment_scene: raster + model bundle -> probability raster, footprint mask and footprint polygons.
+
+The one entry point the CLI and the QGIS plugin call. It checks everything it can before any work (outputs
+writable and not in the way, input readable and georeferenced, bands and radiometry resolved, parameters sane),
+then runs inference and vectorizing into temporary files next to the outputs, and renames them only when all
+succeeded: a failed or cancelled run leaves nothing behind, and nothing the user had is touched unless
+``overwrite`` is asked for.
+
+With ``bounds`` (xmin, ymin, xmax, ymax in the raster's CRS) only that extent is segmented; the outputs then
+cover the input pixels that intersect it (the bounds snapped outward to the input's pixel grid), so they stay
+aligned with the input raster.
+"""
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+import rasterio.errors
+import rasterio.windows
+from rasterio.windows import Window
+
+from .bands import RasterBandInfo, match_bands, resolve_radiometry
+from .bundle import Bundle, load_bundle
+from .device import resolve_device
+from .errors import InputError, OutputError
+from .infer import predict_raster
+from .rasters import PROB_FORMATS
+from .vectorize import check_crs_convertible, polygonize
+
+INFERENCE_SHARE = 90.0  # percent of the progress bar given to inference; the rest is vectorizing
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    prob_path: Path
+    mask_path: Path
+    footprints_path: Path
+    footprint_count: int
+    total_area_ha: float
+    device_name: str
+    radiometry_reason: str
+
+
+def output_paths(input_path, out_dir):
+    """Default outputs for ``input_path`` in ``out_dir``: <stem>_prob.tif, <stem>_mask.tif, <stem>_footprints.gpkg."""
+    stem, out_dir = Path(input_path).stem, Path(out_dir)
+    return out_dir / f"{stem}_prob.tif", out_dir / f"{stem}_mask.tif", out_dir / f"{stem}_footprints.gpkg"
+
+
+def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, device="auto", tile=None,
+                  overlap=None, batch=4, threshold=None, min_area_ha=None, band_mapping=None, scale=None,
+                  offset=None, bounds=None, overwrite=False, prob_format="uint8", progress=None, is_canceled=None,
+                  log=None):
+    """Segment mining footprints in ``input_path`` with ``model`` (bundle path or loaded Bundle).
+
+    Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec.
+    Raises InputError / BandMismatchError / BundleError / OutputError / Cancelled with a one-line message.
+    """
+    progress = progress or (lambda percent: None)
+    log = log or (lambda message: None)
+    input_path = Path(input_path)
+    if prob_format not in PROB_FORMATS:
+        raise InputError(f"unknown probability format {prob_format!r}; use one of {', '.join(PROB_FORMATS)}")
+    staged = StagedOutputs({"prob": prob_path, "mask": mask_path, "footprints": footprints_path},
+                           overwrite=overwrite, protected=[input_path])
+    bundle = model if isinstance(model, Bundle) else load_bundle(model)
+    spec = bundle.spec
+    tile, overlap, threshold, min_area_ha = _check_parameters(
+        tile or spec.tile_size, spec.overlap if overlap is None else overlap, batch,
+        spec.threshold if threshold is None else threshold, spec.min_area_ha if min_area_ha is None else min_area_ha)
+    with open_raster(input_path) as src:
+        window = window_for_bounds(src, bounds)
+        check_crs_convertible(src.crs, src.xy(window.row_off + window.height // 2,
+                                               window.col_off + window.width // 2))
+        band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
+        radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
+    device_info = resolve_device(device)
+    log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
+    log(f"reflectance = DN * {radiometry.scale} + {radiometry.offset} ({radiometry_reason})")
+    log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, batch {batch}")
+    with staged:
+        predict_raster(input_path, bundle, staged.temp["prob"], device=device_info, tile=tile, overlap=overlap,
+                       batch=batch, band_index=band_index, radiometry=radiometry, window=window,
+                       mask_path=staged.temp["mask"], threshold=threshold, prob_format=prob_format,
+                       progress=lambda p: progress(p * INFERENCE_SHARE / 100.0), is_canceled=is_canceled)
+        vectors = polygonize(staged.temp["mask"], staged.temp["prob"], staged.temp["footprints"],
+                             min_area_ha=min_area_ha, model_name=spec.name, source=input_path.name,
+                             progress=lambda p: progress(INFERENCE_SHARE + p * (100.0 - INFERENCE_SHARE) / 100.0),
+                             is_canceled=is_canceled)
+        staged.commit()
+    log(f"{vectors.count} footprints, {vectors.total_area_ha:.2f} ha")
+    return SegmentationResult(prob_path=staged.final["prob"], mask_path=staged.final["mask"],
+                              footprints_path=staged.final["footprints"], footprint_count=vectors.count,
+                              total_area_ha=vectors.total_area_ha, device_name=device_info.name,
+                              radiometry_reason=radiometry_reason)
+
+
+class StagedOutputs:
+    """Outputs written under temporary names in their destination folders, renamed to their final names by
+    :meth:`commit`; any exception inside the ``with`` block (including a cancel) removes the temporaries.
+
+    ``paths`` maps a role to its final path. Missing or duplicate paths, existing files (unless ``overwrite``),
+    paths that are ``protected`` (the input) and folders that cannot be written are refused here, before any work.
+    """
+
+    def __init__(self, paths, *, overwrite=False, protected=()):
+        missing = [role for role, path in paths.items() if not path]
+        if missing:
+            raise OutputError(f"no path given for the {', '.join(missing)} output; give one for each output")
+        self.final = {role: Path(path) for role, path in paths.items()}
+        if len({path.resolve() for path in self.final.values()}) < len(self.final):
+            raise OutputError("two outputs have the same path; give each output its own file name")
+        protected = {Path(p).resolve() for p in protected}
+        for path in self.final.values():
+            if path.resolve() in protected:
+                raise OutputError(f"output {path} is the input raster; choose another output name")
+            if path.is_dir():
+                raise OutputError(f"output {path} is a folder; give a file name")
+            if path.exists() and not overwrite:
+                raise OutputError(f"output {path} already exists; choose another output or allow overwriting "
+                                  f"(--overwrite)")
+        self.temp = {}
+        try:
+            for role, path in self.final.items():
+                self.temp[role] = _reserve_temp_name(path)
+        except BaseException:
+            self._remove_temps()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self._remove_temps()
+        return False
+
+    def commit(self):
+        for role, path in self.final.items():
+            try:
+                os.replace(self.temp[role], path)
+            except OSError as error:
+                raise OutputError(f"cannot write {path} ({error.strerror}); check the folder's permissions "
+                                  f"or choose another output") from error
+
+    def _remove_temps(self):
+        for temp in self.temp.values():
+            for leftover in (temp, *(temp.with_name(temp.name + side) for side in ("-journal", "-wal", "-shm",
+                                                                                      ".aux.xml"))):
+                if leftover.exists():
+                    leftover.unlink()
+
+
+def _reserve_temp_name(final):
+    """A fresh hidden file name next to ``final`` with the same suffix; fails with OutputError if the folder
+    cannot be created or written. The name is left free so any driver can create the file."""
+    folder = final.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=folder)
+    except OSError as error:
+        raise OutputError(f"cannot write to folder {folder} ({error.strerror}); choose a folder you can write to"
+                          ) from error
+    os.close(handle)
+    os.unlink(name)
+    return Path(name)
+
+
+def open_raster(path):
+    """Open ``path`` with rasterio, turning every way it can fail into an InputError that says what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input raster not found: {path}; check the path")
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as error:
+        detail = str(error).splitlines()[0][:120]
+        raise InputError(f"{path.name} is not a raster GDAL can read ({detail}); give a GeoTIFF or another "
+                         f"GDAL-readable raster") from error
+    if src.count == 0:
+        src.close()
+        raise InputError(f"{path.name} has no raster bands (a container of subdatasets?); open one of its "
+                         f"subdatasets or export it to GeoTIFF")
+    if src.crs is None and src.gcps[0]:
+        src.close()
+        raise InputError(f"{path.name} is georeferenced only by ground control points; warp it first "
+                         f"(QGIS: Raster > Projections > Warp, or gdalwarp)")
+    return src
+
+
+def window_for_bounds(src, bounds):
+    """The window of ``src`` covering ``bounds`` (xmin, ymin, xmax, ymax in the raster CRS), snapped outward to
+    whole pixels and clipped to the raster; the whole raster when ``bounds`` is None."""
+    if bounds is None:
+        return Window(0, 0, src.width, src.height)
+    xmin, ymin, xmax, ymax = (float(v) for v in bounds)
+    extent = ", ".join(f"{v:.6g}" for v in src.bounds)
+    if not (xmin < xmax and ymin < ymax):
+        raise InputError(f"the extent ({xmin}, {ymin}, {xmax}, {ymax}) is empty; give xmin < xmax and ymin < ymax "
+                         f"in the raster's CRS")
+    exact = rasterio.windows.from_bounds(xmin, ymin, xmax, ymax, transform=src.transform)
+    col_start = max(0, math.floor(round(exact.col_off, 6)))
+    row_start = max(0, math.floor(round(exact.row_off, 6)))
+    col_stop = min(src.width, math.ceil(round(exact.col_off + exact.width, 6)))
+    row_stop = min(src.height, math.ceil(round(exact.row_off + exact.height, 6)))
+    if col_stop <= col_start or row_stop <= row_start:
+        raise InputError(f"the extent ({xmin}, {ymin}, {xmax}, {ymax}) does not overlap the raster "
+                         f"(its extent is {extent}); give an extent inside the raster, in the raster's CRS")
+    return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
+
+
+def _check_parameters(tile, overlap, batch, threshold, min_area_ha):
+    tile, overlap, batch = int(tile), int(overlap), int(batch)
+    if tile < 32:
+        raise InputError(f"tile size {tile} is too small; use 32 pixels or more (256-512 is typical)")
+    if not 0 <= overlap <= tile // 2:
+        raise InputError(f"overlap {overlap} must be between 0 and half the tile size ({tile // 2})")
+    if batch < 1:
+        raise InputError(f"batch size {batch} must be 1 or more")
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+    if float(min_area_ha) < 0:
+        raise InputError(f"minimum area {min_area_ha} ha must be 0 or more")
+    return tile, overlap, float(threshold), float(min_area_ha)
