@@ -87,7 +87,7 @@ def build_parser():
 def main(argv=None):
     """Run the command line; returns the exit status."""
     # Bound GDAL's block cache (default 5 % of RAM) so memory stays flat on big rasters; set it to override.
-    os.environ.setdefault("GDAL_CACHEMAX", "128")
+    os.environ.setdefault("GDAL_CACHEMAX", "64")
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -267,7 +267,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     info = device if isinstance(device, devices.DeviceInfo) else devices.resolve_device(device)
-    net = bundle.net.to(info.device).eval()
+    net = bundle.net.to(info.device, memory_format=torch.channels_last).eval()  # ~1.2-2x faster convs on CPU
 
     with rasterio.open(src_path) as src:
         region = window or Window(0, 0, src.width, src.height)
@@ -323,7 +323,7 @@ def _predict_batch(net, info, item, batch):
     todo = np.flatnonzero(item.has_data)
     if todo.size == 0:
         return probs
-    inputs = torch.from_numpy(item.inputs[todo])
+    inputs = torch.from_numpy(item.inputs[todo]).contiguous(memory_format=torch.channels_last)
 
     def run(sub_batch):
         outputs = []
