@@ -1,0 +1,69 @@
+"""python -m model_core segment: outputs, printed summary, one-line errors and exit codes."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model_core import cli
+from model_core.errors import Cancelled
+
+BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
+
+
+@pytest.fixture
+def scene(make_raster):
+    dn = np.random.default_rng(0).integers(300, 3000, size=(6, 48, 64)).astype(np.uint16)
+    return make_raster("scene.tif", dn, descriptions=BANDS)
+
+
+def segment(*args):
+    return cli.main(["segment", *map(str, args)])
+
+
+def test_segment_writes_outputs_and_prints_where(scene, tiny_bundle_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert segment(scene, "--model", tiny_bundle_path, "--out-dir", out, "--device", "cpu", "--tile", "64",
+                   "--overlap", "8", "--batch", "2", "--threshold", "0.5", "--min-area-ha", "0", "--quiet") == 0
+    printed = capsys.readouterr().out
+    assert "footprints," in printed and " ha in total" in printed
+    for name in ("scene_prob.tif", "scene_mask.tif", "scene_footprints.gpkg"):
+        assert (out / name).exists() and str(out / name) in printed
+
+
+def test_existing_outputs_need_overwrite(scene, tiny_bundle_path, tmp_path, capsys):
+    args = (scene, "--model", tiny_bundle_path, "--out-dir", tmp_path, "--tile", "64", "--quiet")
+    assert segment(*args) == 0
+    capsys.readouterr()
+    assert segment(*args) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: output ") and "already exists" in error and error.count("\n") == 1
+    assert segment(*args, "--overwrite") == 0
+
+
+def test_bad_input_is_one_line_and_exit_1(tiny_bundle_path, tmp_path, capsys):
+    assert segment(tmp_path / "nope.tif", "--model", tiny_bundle_path, "--out-dir", tmp_path) == 1
+    error = capsys.readouterr().err
+    assert error == f"error: input raster not found: {tmp_path / 'nope.tif'}; check the path\n"
+
+
+def test_band_mapping_option_is_parsed(make_raster, tiny_bundle_path, tmp_path, capsys):
+    dn = np.random.default_rng(1).integers(300, 3000, size=(6, 40, 40)).astype(np.uint16)
+    unnamed = make_raster("unnamed.tif", dn)
+    assert segment(unnamed, "--model", tiny_bundle_path, "--out-dir", tmp_path, "--tile", "64", "--quiet",
+                   "--bands", "B02=1,B03=2,B04=3,B08=4,B11=5,B12=6") == 0
+
+
+def test_cancel_exits_130(monkeypatch, scene, tmp_path, capsys):
+    def cancelled(*args, **kwargs):
+        raise Cancelled("segmentation was cancelled; no output was written")
+    monkeypatch.setattr("model_core.pipeline.segment_scene", cancelled)
+    assert segment(scene, "--out-dir", tmp_path) == 130
+    assert "cancelled" in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_commands():
+    result = subprocess.run([sys.executable, "-m", "model_core", "--help"], capture_output=True, text=True,
+                            check=True)
+    assert "segment" in result.stdout

@@ -1,0 +1,211 @@
+"""infer: tiled, Hann-blended, windowed inference that streams its output."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from model_core.errors import Cancelled, InputError
+from model_core.infer import TileGrid, hann_weights, predict_raster, tile_origins
+from model_core.rasters import PROB_UINT8_MAX, UINT8_NODATA
+
+RADIOMETRY = SimpleNamespace(scale=1e-4, offset=0.0)
+
+
+class PixelNet(torch.nn.Module):
+    """Logit = a fixed linear function of each pixel's bands: tiling must not change its output at all."""
+
+    stride = 8
+
+    def __init__(self, bands):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(bands, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.linspace(-1.0, 1.0, bands).reshape(1, bands, 1, 1))
+            self.conv.bias.fill_(0.2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def pixel_bundle(bands=3, tile=64, overlap=16):
+    spec = SimpleNamespace(tile_size=tile, overlap=overlap, threshold=0.5, norm_mean=[0.1] * bands,
+                           norm_std=[0.05] * bands)
+    return SimpleNamespace(spec=spec, net=PixelNet(bands).eval())
+
+
+def expected_prob(dn, bundle):
+    """The model applied to the whole image at once (no tiles)."""
+    spec = bundle.spec
+    x = (dn * RADIOMETRY.scale - np.reshape(spec.norm_mean, (-1, 1, 1))) / np.reshape(spec.norm_std, (-1, 1, 1))
+    with torch.no_grad():
+        return torch.sigmoid(bundle.net(torch.from_numpy(x.astype(np.float32))[None]))[0, 0].numpy()
+
+
+def random_dn(shape, seed=0):
+    return np.random.default_rng(seed).integers(500, 3500, size=shape).astype(np.uint16)
+
+
+def read(path):
+    with rasterio.open(path) as src:
+        return src.read(1), src.profile
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(1, 64, 16), (64, 64, 16), (65, 64, 16), (300, 64, 16),
+                                                 (1000, 256, 0), (257, 256, 32)])
+def test_tile_origins_cover_the_axis_with_the_overlap(length, tile, overlap):
+    origins = tile_origins(length, tile, overlap)
+    size = min(tile, length)
+    covered = np.zeros(length, int)
+    for origin in origins:
+        covered[origin:origin + size] += 1
+    assert covered.min() >= 1 and origins[0] == 0 and origins[-1] + size == length
+    assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))
+
+
+def test_hann_weights_peak_in_the_middle_and_never_vanish():
+    weights = hann_weights(64)
+    assert weights.min() >= 1e-3 and weights.max() <= 1.0
+    assert np.argmax(weights) in (31, 32) and weights[0] < 0.01
+    assert np.allclose(weights, weights[::-1])
+
+
+def test_blended_tiles_equal_the_untiled_prediction(make_raster, tmp_path):
+    dn = random_dn((3, 150, 230))
+    bundle = pixel_bundle()
+    src = make_raster("in.tif", dn)
+    predict_raster(src, bundle, tmp_path / "prob.tif", device="cpu", batch=3, band_index=[1, 2, 3],
+                   radiometry=RADIOMETRY, prob_format="float32")
+    prob, _ = read(tmp_path / "prob.tif")
+    assert len(TileGrid.over(150, 230, 64, 16)) > 12
+    np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle), atol=1e-5)
+
+
+def test_outputs_are_on_the_input_grid_tiled_and_compressed(make_raster, tmp_path):
+    src = make_raster("in.tif", random_dn((3, 90, 70)), crs="EPSG:32719")
+    predict_raster(src, pixel_bundle(), tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
+                   radiometry=RADIOMETRY, mask_path=tmp_path / "mask.tif")
+    with rasterio.open(src) as source:
+        for name in ("prob.tif", "mask.tif"):
+            with rasterio.open(tmp_path / name) as out:
+                assert (out.crs, out.transform, out.shape) == (source.crs, source.transform, source.shape)
+                assert out.dtypes[0] == "uint8" and out.nodata == UINT8_NODATA
+                assert out.profile["tiled"] and out.block_shapes[0] == (256, 256)
+                assert out.compression.value == "DEFLATE"
+
+
+def test_mask_is_the_thresholded_probability(make_raster, tmp_path):
+    dn = random_dn((3, 40, 50))
+    bundle = pixel_bundle()
+    predict_raster(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
+                   radiometry=RADIOMETRY, mask_path=tmp_path / "mask.tif", threshold=0.6)
+    prob, _ = read(tmp_path / "prob.tif")
+    mask, _ = read(tmp_path / "mask.tif")
+    expected = expected_prob(dn.astype(np.float32), bundle)
+    assert 0 < mask.sum() < mask.size
+    np.testing.assert_array_equal(mask, (expected >= 0.6).astype(np.uint8))
+    np.testing.assert_allclose(prob / PROB_UINT8_MAX, expected, atol=0.5 / PROB_UINT8_MAX + 1e-6)
+
+
+@pytest.mark.parametrize("height,width", [(30, 20), (1, 70), (1, 1), (5, 300)])
+def test_rasters_smaller_than_a_tile_and_single_rows(make_raster, tmp_path, height, width):
+    dn = random_dn((3, height, width))
+    bundle = pixel_bundle()
+    predict_raster(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
+                   radiometry=RADIOMETRY, prob_format="float32")
+    prob, profile = read(tmp_path / "prob.tif")
+    assert prob.shape == (height, width)
+    np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle), atol=1e-5)
+
+
+def test_band_order_follows_band_index(make_raster, tmp_path):
+    dn = random_dn((4, 20, 20))
+    bundle = pixel_bundle()
+    predict_raster(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", device="cpu", band_index=[4, 2, 1],
+                   radiometry=RADIOMETRY, prob_format="float32")
+    prob, _ = read(tmp_path / "prob.tif")
+    np.testing.assert_allclose(prob, expected_prob(dn[[3, 1, 0]].astype(np.float32), bundle), atol=1e-5)
+
+
+def test_nodata_value_nan_and_alpha_become_nodata(make_raster, tmp_path):
+    dn = random_dn((3, 60, 80))
+    dn[1, 10:20, 10:30] = 0  # nodata in one model band is enough
+    bundle = pixel_bundle()
+    predict_raster(make_raster("nodata.tif", dn, nodata=0), bundle, tmp_path / "prob.tif", device="cpu",
+                   band_index=[1, 2, 3], radiometry=RADIOMETRY, mask_path=tmp_path / "mask.tif")
+    prob, _ = read(tmp_path / "prob.tif")
+    mask, _ = read(tmp_path / "mask.tif")
+    assert (prob[10:20, 10:30] == UINT8_NODATA).all() and (mask[10:20, 10:30] == UINT8_NODATA).all()
+    assert np.isin(mask[30:], [0, 1]).all() and (prob[30:] < UINT8_NODATA).all()
+
+    floats = dn.astype(np.float32)
+    floats[2, 40:45, :] = np.nan
+    predict_raster(make_raster("nan.tif", floats), bundle, tmp_path / "prob_nan.tif", device="cpu",
+                   band_index=[1, 2, 3], radiometry=RADIOMETRY, prob_format="float32")
+    prob, _ = read(tmp_path / "prob_nan.tif")
+    assert np.isnan(prob[40:45]).all() and np.isfinite(prob[:40]).all()
+
+    alpha = np.full((1, 60, 80), 255, np.uint16)
+    alpha[0, :, 70:] = 0
+    path = make_raster("alpha.tif", np.concatenate([random_dn((3, 60, 80)), alpha]), photometric="RGB", alpha="YES")
+    predict_raster(path, bundle, tmp_path / "prob_alpha.tif", device="cpu", band_index=[1, 2, 3],
+                   radiometry=RADIOMETRY)
+    prob, _ = read(tmp_path / "prob_alpha.tif")
+    assert (prob[:, 70:] == UINT8_NODATA).all() and (prob[:, :70] < UINT8_NODATA).all()
+
+
+def test_all_nodata_raster_is_refused(make_raster, tmp_path):
+    path = make_raster("empty.tif", np.zeros((3, 40, 40), np.uint16), nodata=0)
+    with pytest.raises(InputError, match="every pixel .* is nodata"):
+        predict_raster(path, pixel_bundle(), tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
+                       radiometry=RADIOMETRY)
+
+
+def test_window_output_is_on_the_cropped_grid(make_raster, tmp_path):
+    dn = random_dn((3, 100, 120))
+    bundle = pixel_bundle()
+    src = make_raster("in.tif", dn)
+    window = Window(30, 20, 50, 40)
+    predict_raster(src, bundle, tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3], radiometry=RADIOMETRY,
+                   window=window, prob_format="float32")
+    prob, profile = read(tmp_path / "prob.tif")
+    with rasterio.open(src) as source:
+        assert profile["transform"] == source.window_transform(window)
+    np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle)[20:60, 30:80], atol=1e-5)
+
+
+def test_cancel_stops_the_run_and_progress_is_reported(make_raster, tmp_path):
+    src = make_raster("in.tif", random_dn((3, 200, 200)))
+    calls = []
+    with pytest.raises(Cancelled, match="cancelled"):
+        predict_raster(src, pixel_bundle(), tmp_path / "prob.tif", device="cpu", batch=1, band_index=[1, 2, 3],
+                       radiometry=RADIOMETRY, is_canceled=lambda: len(calls) >= 3, progress=calls.append)
+    assert len(calls) == 3
+
+    predict_raster(src, pixel_bundle(), tmp_path / "prob2.tif", device="cpu", band_index=[1, 2, 3],
+                   radiometry=RADIOMETRY, progress=calls.append)
+    assert calls[3:] == sorted(calls[3:]) and calls[-1] == pytest.approx(100.0)
+
+
+def test_seams_vanish_with_a_convolutional_net(make_raster, tmp_path, tiny_bundle):
+    """A real (tiny) U-Net sees tile borders; blending must keep the tiled result close to the untiled one,
+    much closer than plain tiling without overlap."""
+    bundle = tiny_bundle
+    bands = len(bundle.spec.norm_mean)
+    yy, xx = np.mgrid[:192, :192]
+    dn = (1500 + 800 * np.sin(yy / 9.0)[None] * np.cos(xx / 13.0)[None]
+          + 300 * np.arange(bands)[:, None, None]).astype(np.uint16)
+    src = make_raster("in.tif", dn)
+    errors = {}
+    for overlap in (0, 32):
+        predict_raster(src, bundle, tmp_path / f"prob{overlap}.tif", device="cpu", tile=64, overlap=overlap,
+                       band_index=list(range(1, bands + 1)), radiometry=RADIOMETRY, prob_format="float32")
+        prob, _ = read(tmp_path / f"prob{overlap}.tif")
+        errors[overlap] = np.abs(prob - expected_prob(dn.astype(np.float32), bundle))
+    seam_columns = [63, 64, 127, 128]
+    assert errors[0][:, seam_columns].mean() > 0  # the net does see tile borders
+    assert errors[32][:, seam_columns].mean() < 0.5 * errors[0][:, seam_columns].mean()
+    assert errors[32].max() < 0.05

@@ -1,0 +1,194 @@
+"""segment_scene: the whole run, its outputs, and every way bad input is refused without leaving files."""
+
+import numpy as np
+import pytest
+import rasterio
+from osgeo import ogr
+from rasterio.transform import from_origin
+
+from model_core.errors import BandMismatchError, BundleError, Cancelled, InputError, OutputError
+from model_core.pipeline import output_paths, segment_scene
+from model_core.rasters import UINT8_NODATA
+
+BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
+
+
+def scene_dn(height=96, width=96, seed=0):
+    """Six-band L2A-like reflectance x 10000 with a bright bare square (a pit-like patch) in the middle."""
+    rng = np.random.default_rng(seed)
+    dn = rng.integers(300, 1500, size=(len(BANDS), height, width)).astype(np.uint16)
+    dn[:, height // 4: height // 2, width // 4: width // 2] += 2500
+    return dn
+
+
+@pytest.fixture
+def scene(make_raster):
+    return make_raster("scene.tif", scene_dn(), descriptions=BANDS)
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    return output_paths("scene.tif", tmp_path / "out")
+
+
+def run(scene, bundle, outputs, **kwargs):
+    return segment_scene(scene, bundle, *outputs, device="cpu", tile=64, overlap=16, **kwargs)
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_outputs_on_the_input_grid_and_areas_match_the_mask(scene, tiny_bundle_path, outputs):
+    result = run(scene, tiny_bundle_path, outputs, threshold=0.5, min_area_ha=0.0)
+    assert [result.prob_path, result.mask_path, result.footprints_path] == list(outputs)
+    assert files_in(outputs[0].parent) == sorted(p.name for p in outputs)  # no temporaries left
+    with rasterio.open(scene) as src, rasterio.open(outputs[0]) as prob, rasterio.open(outputs[1]) as mask:
+        for out in (prob, mask):
+            assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        mask_pixels = int((mask.read(1) == 1).sum())
+    dataset = ogr.Open(str(outputs[2]))
+    layer = dataset.GetLayerByName("footprints")
+    assert layer.GetFeatureCount() == result.footprint_count
+    areas = [f.GetField("area_ha") for f in layer]
+    assert sum(areas) == pytest.approx(result.total_area_ha, abs=1e-3)
+    # 10 m pixels = 0.01 ha each (UTM scale error ~0.1 %); one-pixel simplification moves outlines a little
+    assert result.total_area_ha == pytest.approx(mask_pixels * 0.01, rel=0.05, abs=0.05)
+    assert result.device_name and result.radiometry_reason
+
+
+def test_bounds_segment_only_the_extent_on_the_input_pixel_grid(scene, tiny_bundle_path, outputs):
+    # pixels 10.5..40.2 in x and 20.7..50 in y (origin 500000, 5800000, 10 m) snap outward to cols 10..40, rows 20..49
+    bounds = (500105.0, 5800000.0 - 500.0, 500402.0, 5800000.0 - 207.0)
+    run(scene, tiny_bundle_path, outputs, bounds=bounds)
+    with rasterio.open(outputs[0]) as prob:
+        assert prob.shape == (30, 31)
+        assert prob.transform == from_origin(500100.0, 5800000.0 - 200.0, 10.0, 10.0)
+
+
+def test_geographic_crs_raster_works(make_raster, tiny_bundle_path, outputs):
+    scene = make_raster("geo.tif", scene_dn(), descriptions=BANDS, crs="EPSG:4326",
+                        transform=from_origin(12.5, 52.5, 1e-4, 1e-4))
+    result = run(scene, tiny_bundle_path, outputs, min_area_ha=0.0)
+    with rasterio.open(outputs[1]) as mask:
+        footprint_pixels = int((mask.read(1) == 1).sum())
+    pixel_ha = 1e-4 * 111_320 * np.cos(np.radians(52.5)) * 1e-4 * 111_250 / 1e4  # ~6.8 m x 11.1 m
+    assert result.total_area_ha == pytest.approx(footprint_pixels * pixel_ha, rel=0.05, abs=0.05)
+
+
+def test_nodata_pixels_are_never_footprints(make_raster, tiny_bundle_path, outputs):
+    dn = scene_dn()
+    dn[:, 20:60, 20:60] = 0
+    scene = make_raster("holey.tif", dn, descriptions=BANDS, nodata=0)
+    run(scene, tiny_bundle_path, outputs, threshold=0.01)  # nearly everything with data becomes footprint
+    with rasterio.open(outputs[1]) as mask, rasterio.open(outputs[0]) as prob:
+        assert (mask.read(1)[20:60, 20:60] == UINT8_NODATA).all()
+        assert (prob.read(1)[20:60, 20:60] == UINT8_NODATA).all()
+    layer_ds = ogr.Open(str(outputs[2]))
+    layer = layer_ds.GetLayerByName("footprints")
+    hole = ogr.CreateGeometryFromWkt("POLYGON ((500210 5799790, 500590 5799790, 500590 5799410, 500210 5799410, "
+                                     "500210 5799790))")
+    assert layer.GetFeatureCount() > 0
+    assert all(f.GetGeometryRef().Intersection(hole).GetArea() < 1.0 for f in layer)
+
+
+def test_cancel_leaves_nothing_behind(scene, tiny_bundle_path, outputs):
+    calls = []
+    with pytest.raises(Cancelled, match="cancelled"):
+        run(scene, tiny_bundle_path, outputs, batch=1, progress=calls.append, is_canceled=lambda: len(calls) >= 2)
+    assert files_in(outputs[0].parent) == []
+
+
+def test_existing_outputs_are_kept_unless_overwrite(scene, tiny_bundle_path, outputs):
+    outputs[0].parent.mkdir()
+    outputs[2].write_text("precious")
+    with pytest.raises(OutputError, match="already exists.*--overwrite"):
+        run(scene, tiny_bundle_path, outputs)
+    assert outputs[2].read_text() == "precious" and files_in(outputs[0].parent) == [outputs[2].name]
+    run(scene, tiny_bundle_path, outputs, overwrite=True)
+    assert ogr.Open(str(outputs[2])) is not None
+
+
+def test_unwritable_output_folder_is_refused_before_work(scene, tiny_bundle_path, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot write to folder"):
+        run(scene, tiny_bundle_path, output_paths(scene, blocker / "out"))
+
+
+def test_output_may_not_replace_the_input(scene, tiny_bundle_path, tmp_path):
+    prob, mask, footprints = output_paths(scene, tmp_path / "out")
+    with pytest.raises(OutputError, match="is the input raster"):
+        run(scene, tiny_bundle_path, (scene, mask, footprints), overwrite=True)
+
+
+def test_missing_input(tiny_bundle_path, outputs, tmp_path):
+    with pytest.raises(InputError, match="input raster not found: .*missing.tif"):
+        run(tmp_path / "missing.tif", tiny_bundle_path, outputs)
+
+
+def test_not_a_raster(tiny_bundle_path, outputs, tmp_path):
+    fake = tmp_path / "notes.tif"
+    fake.write_text("this is not an image")
+    with pytest.raises(InputError, match="notes.tif is not a raster GDAL can read"):
+        run(fake, tiny_bundle_path, outputs)
+    assert files_in(outputs[0].parent) == []
+
+
+def test_too_few_bands(make_raster, tiny_bundle_path, outputs):
+    single = make_raster("single.tif", scene_dn()[:1])
+    with pytest.raises(BandMismatchError, match="B03"):
+        run(single, tiny_bundle_path, outputs)
+
+
+def test_band_mismatch_names_missing_bands_and_the_mapping_fix(make_raster, tiny_bundle_path, outputs):
+    wrong = make_raster("wrong.tif", scene_dn(), descriptions=["B01", "B02", "B03", "B04", "B05", "B06"])
+    with pytest.raises(BandMismatchError, match=r"B08.*(--bands|mapping)"):
+        run(wrong, tiny_bundle_path, outputs)
+    run(wrong, tiny_bundle_path, outputs,
+        band_mapping={"B02": 2, "B03": 3, "B04": 4, "B08": 5, "B11": 6, "B12": 1})
+
+
+def test_all_nodata_raster(make_raster, tiny_bundle_path, outputs):
+    empty = make_raster("empty.tif", np.zeros((6, 40, 40), np.uint16), descriptions=BANDS, nodata=0)
+    with pytest.raises(InputError, match="every pixel .* is nodata"):
+        run(empty, tiny_bundle_path, outputs)
+    assert files_in(outputs[0].parent) == []
+
+
+@pytest.mark.parametrize("bounds,message", [
+    ((600000.0, 5700000.0, 600100.0, 5700100.0), "does not overlap the raster"),
+    ((500100.0, 5799500.0, 500100.0, 5799600.0), "is empty"),
+])
+def test_zero_size_window(scene, tiny_bundle_path, outputs, bounds, message):
+    with pytest.raises(InputError, match=message):
+        run(scene, tiny_bundle_path, outputs, bounds=bounds)
+
+
+def test_raster_without_crs(make_raster, tiny_bundle_path, outputs):
+    bare = make_raster("bare.tif", scene_dn(), descriptions=BANDS, crs=None)
+    with pytest.raises(InputError, match="no coordinate reference system.*Raster > Projections > Assign Projection"):
+        run(bare, tiny_bundle_path, outputs)
+
+
+def test_raster_with_unknown_crs(make_raster, tiny_bundle_path, outputs):
+    local = make_raster("local.tif", scene_dn(), descriptions=BANDS, crs='LOCAL_CS["unknown",UNIT["metre",1]]')
+    with pytest.raises(InputError, match="CRS is unknown or cannot be converted.*Assign Projection"):
+        run(local, tiny_bundle_path, outputs)
+
+
+def test_corrupt_bundle(scene, tiny_bundle_path, outputs, tmp_path):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(tiny_bundle_path.read_bytes()[:500])
+    with pytest.raises(BundleError):
+        run(scene, truncated, outputs)
+    assert files_in(outputs[0].parent) == []
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"threshold": 1.5}, "threshold 1.5 must be between 0 and 1"),
+    ({"prob_format": "int16"}, "unknown probability format"),
+])
+def test_bad_parameters(scene, tiny_bundle_path, outputs, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        run(scene, tiny_bundle_path, outputs, **kwargs)
