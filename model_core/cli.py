@@ -36,6 +36,8 @@ def add_segment_command(subparsers):
                         help="only segment this extent, in the raster's CRS")
     parser.add_argument("--prob-format", choices=("uint8", "float32"), default="uint8",
                         help="uint8: probability*254, 255 nodata (default); float32: NaN nodata")
+    parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
+                        help="auto: float16 on CUDA, bfloat16 on CPUs with native support (~2x faster); float32")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="print only the result")
     parser.set_defaults(handler=run_segment)
@@ -53,7 +55,8 @@ def run_segment(args):
         tile=args.tile, overlap=args.overlap, batch=args.batch, threshold=args.threshold,
         min_area_ha=args.min_area_ha, band_mapping=parse_band_mapping(args.bands) if args.bands else None,
         scale=args.scale, offset=args.offset, bounds=args.bounds, overwrite=args.overwrite,
-        prob_format=args.prob_format, progress=None if args.quiet else _ProgressPrinter(), log=say)
+        prob_format=args.prob_format, precision=args.precision,
+        progress=None if args.quiet else _ProgressPrinter(), log=say)
     print(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha in total")
     print(f"probability: {result.prob_path}")
     print(f"mask:        {result.mask_path}")

@@ -20,7 +20,9 @@ How a raster (or a window of it) is processed:
 
 import queue
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -35,6 +37,26 @@ from .rasters import encode_probability, mask_profile, probability_profile, thre
 
 WEIGHT_FLOOR = 1e-3
 PREFETCH_BATCHES = 2
+PRECISIONS = ("auto", "float32")
+
+
+def cpu_has_native_bf16():
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX flags in Linux's /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_for(info, precision):
+    """Reduced precision where the hardware does it natively when ``precision`` is "auto": float16 on CUDA,
+    bfloat16 on CPUs with AVX512-BF16/AMX (about 2x faster; probabilities move by ~1e-3); else float32."""
+    if precision == "float32":
+        return nullcontext()
+    if info.is_cuda:
+        return info.autocast()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else nullcontext()
 
 
 def tile_origins(length, tile, overlap):
@@ -201,7 +223,8 @@ class RowWriter:
         self.thread = _Worker(self._write_all, stop)
 
     def _write_all(self):
-        with rasterio.open(self.prob_path, "w", **probability_profile(self.prob_format, **self.grid_profile)) as prob_dst:
+        prob_profile = probability_profile(self.prob_format, **self.grid_profile)
+        with rasterio.open(self.prob_path, "w", **prob_profile) as prob_dst:
             mask_dst = (rasterio.open(self.mask_path, "w", **mask_profile(**self.grid_profile))
                         if self.mask_path else None)
             try:
@@ -251,13 +274,14 @@ class StripAccumulator:
 
 
 def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=4, band_index,
-                   radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", progress=None,
-                   is_canceled=None):
+                   radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", precision="auto",
+                   progress=None, is_canceled=None):
     """Run ``bundle``'s net over ``src_path`` (or its ``window``) and write the probability raster ``prob_path``.
 
     ``band_index``: 1-based raster band per model band. ``radiometry``: reflectance = DN * scale + offset (scalars
     or per model band); the bundle's per-band mean/std then normalise. With ``mask_path`` the thresholded mask
     (``threshold``, default the bundle's) is written in the same pass. Outputs share the region's grid.
+    ``precision``: "auto" (see :func:`autocast_for`) or "float32".
     Raises InputError when no pixel of the region has data, Cancelled when ``is_canceled()`` turns True.
     """
     spec = bundle.spec
@@ -289,7 +313,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
         for item in batches:
             if is_canceled():
                 raise Cancelled("segmentation was cancelled; no output was written")
-            probs = _predict_batch(net, info, item, batch)
+            probs = _predict_batch(net, info, autocast_for(info, precision), item, batch)
             for (row, col), prob, valid in zip(item.places, probs, item.valid):
                 if row > strip.top:
                     writer.pipe.put(strip.advance(row))
@@ -316,7 +340,7 @@ def _feed(reader, pipe):
     pipe.close()
 
 
-def _predict_batch(net, info, item, batch):
+def _predict_batch(net, info, autocast, item, batch):
     """Probabilities [N, tile_height, tile_width] for a batch (zeros for tiles without data)."""
     grid_height, grid_width = item.valid.shape[1:]
     probs = np.zeros(item.valid.shape, dtype=np.float32)
@@ -327,7 +351,7 @@ def _predict_batch(net, info, item, batch):
 
     def run(sub_batch):
         outputs = []
-        with torch.inference_mode(), info.autocast():
+        with torch.inference_mode(), autocast:
             for start in range(0, len(inputs), sub_batch):
                 logits = net(info.to_device(inputs[start:start + sub_batch]))
                 outputs.append(torch.sigmoid(logits.float())[:, 0, :grid_height, :grid_width].cpu().numpy())

@@ -26,7 +26,7 @@ from .bands import RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, load_bundle
 from .device import resolve_device
 from .errors import InputError, OutputError
-from .infer import predict_raster
+from .infer import PRECISIONS, predict_raster
 from .rasters import PROB_FORMATS
 from .vectorize import check_crs_convertible, polygonize
 
@@ -52,11 +52,12 @@ def output_paths(input_path, out_dir):
 
 def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, device="auto", tile=None,
                   overlap=None, batch=4, threshold=None, min_area_ha=None, band_mapping=None, scale=None,
-                  offset=None, bounds=None, overwrite=False, prob_format="uint8", progress=None, is_canceled=None,
-                  log=None):
+                  offset=None, bounds=None, overwrite=False, prob_format="uint8", precision="auto", progress=None,
+                  is_canceled=None, log=None):
     """Segment mining footprints in ``input_path`` with ``model`` (bundle path or loaded Bundle).
 
-    Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec.
+    Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec. ``precision``:
+    "auto" (float16 on CUDA, bfloat16 on CPUs that compute it natively) or "float32".
     Raises InputError / BandMismatchError / BundleError / OutputError / Cancelled with a one-line message.
     """
     progress = progress or (lambda percent: None)
@@ -64,6 +65,8 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
     input_path = Path(input_path)
     if prob_format not in PROB_FORMATS:
         raise InputError(f"unknown probability format {prob_format!r}; use one of {', '.join(PROB_FORMATS)}")
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     staged = StagedOutputs({"prob": prob_path, "mask": mask_path, "footprints": footprints_path},
                            overwrite=overwrite, protected=[input_path])
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
@@ -80,11 +83,13 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
     device_info = resolve_device(device)
     log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
     log(f"reflectance = DN * {radiometry.scale} + {radiometry.offset} ({radiometry_reason})")
-    log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, batch {batch}")
+    log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, "
+        f"batch {batch}")
     with staged:
         predict_raster(input_path, bundle, staged.temp["prob"], device=device_info, tile=tile, overlap=overlap,
                        batch=batch, band_index=band_index, radiometry=radiometry, window=window,
                        mask_path=staged.temp["mask"], threshold=threshold, prob_format=prob_format,
+                       precision=precision,
                        progress=lambda p: progress(p * INFERENCE_SHARE / 100.0), is_canceled=is_canceled)
         vectors = polygonize(staged.temp["mask"], staged.temp["prob"], staged.temp["footprints"],
                              min_area_ha=min_area_ha, model_name=spec.name, source=input_path.name,

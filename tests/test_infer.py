@@ -1,5 +1,6 @@
 """infer: tiled, Hann-blended, windowed inference that streams its output."""
 
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,7 @@ from model_core.infer import TileGrid, hann_weights, predict_raster, tile_origin
 from model_core.rasters import PROB_UINT8_MAX, UINT8_NODATA
 
 RADIOMETRY = SimpleNamespace(scale=1e-4, offset=0.0)
+predict = partial(predict_raster, device="cpu", precision="float32", radiometry=RADIOMETRY)
 
 
 class PixelNet(torch.nn.Module):
@@ -77,17 +79,26 @@ def test_blended_tiles_equal_the_untiled_prediction(make_raster, tmp_path):
     dn = random_dn((3, 150, 230))
     bundle = pixel_bundle()
     src = make_raster("in.tif", dn)
-    predict_raster(src, bundle, tmp_path / "prob.tif", device="cpu", batch=3, band_index=[1, 2, 3],
-                   radiometry=RADIOMETRY, prob_format="float32")
+    predict(src, bundle, tmp_path / "prob.tif", batch=3, band_index=[1, 2, 3], prob_format="float32")
     prob, _ = read(tmp_path / "prob.tif")
     assert len(TileGrid.over(150, 230, 64, 16)) > 12
     np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle), atol=1e-5)
 
 
+def test_auto_precision_stays_close_to_float32(make_raster, tmp_path, tiny_bundle):
+    dn = random_dn((6, 64, 64))
+    src = make_raster("in.tif", dn)
+    probs = {}
+    for precision in ("auto", "float32"):
+        predict(src, tiny_bundle, tmp_path / f"{precision}.tif", precision=precision,
+                band_index=list(range(1, 7)), prob_format="float32")
+        probs[precision], _ = read(tmp_path / f"{precision}.tif")
+    np.testing.assert_allclose(probs["auto"], probs["float32"], atol=0.02)
+
+
 def test_outputs_are_on_the_input_grid_tiled_and_compressed(make_raster, tmp_path):
     src = make_raster("in.tif", random_dn((3, 90, 70)), crs="EPSG:32719")
-    predict_raster(src, pixel_bundle(), tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
-                   radiometry=RADIOMETRY, mask_path=tmp_path / "mask.tif")
+    predict(src, pixel_bundle(), tmp_path / "prob.tif", band_index=[1, 2, 3], mask_path=tmp_path / "mask.tif")
     with rasterio.open(src) as source:
         for name in ("prob.tif", "mask.tif"):
             with rasterio.open(tmp_path / name) as out:
@@ -100,8 +111,8 @@ def test_outputs_are_on_the_input_grid_tiled_and_compressed(make_raster, tmp_pat
 def test_mask_is_the_thresholded_probability(make_raster, tmp_path):
     dn = random_dn((3, 40, 50))
     bundle = pixel_bundle()
-    predict_raster(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
-                   radiometry=RADIOMETRY, mask_path=tmp_path / "mask.tif", threshold=0.6)
+    predict(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", band_index=[1, 2, 3],
+            mask_path=tmp_path / "mask.tif", threshold=0.6)
     prob, _ = read(tmp_path / "prob.tif")
     mask, _ = read(tmp_path / "mask.tif")
     expected = expected_prob(dn.astype(np.float32), bundle)
@@ -114,8 +125,7 @@ def test_mask_is_the_thresholded_probability(make_raster, tmp_path):
 def test_rasters_smaller_than_a_tile_and_single_rows(make_raster, tmp_path, height, width):
     dn = random_dn((3, height, width))
     bundle = pixel_bundle()
-    predict_raster(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
-                   radiometry=RADIOMETRY, prob_format="float32")
+    predict(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", band_index=[1, 2, 3], prob_format="float32")
     prob, profile = read(tmp_path / "prob.tif")
     assert prob.shape == (height, width)
     np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle), atol=1e-5)
@@ -124,8 +134,7 @@ def test_rasters_smaller_than_a_tile_and_single_rows(make_raster, tmp_path, heig
 def test_band_order_follows_band_index(make_raster, tmp_path):
     dn = random_dn((4, 20, 20))
     bundle = pixel_bundle()
-    predict_raster(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", device="cpu", band_index=[4, 2, 1],
-                   radiometry=RADIOMETRY, prob_format="float32")
+    predict(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", band_index=[4, 2, 1], prob_format="float32")
     prob, _ = read(tmp_path / "prob.tif")
     np.testing.assert_allclose(prob, expected_prob(dn[[3, 1, 0]].astype(np.float32), bundle), atol=1e-5)
 
@@ -134,8 +143,8 @@ def test_nodata_value_nan_and_alpha_become_nodata(make_raster, tmp_path):
     dn = random_dn((3, 60, 80))
     dn[1, 10:20, 10:30] = 0  # nodata in one model band is enough
     bundle = pixel_bundle()
-    predict_raster(make_raster("nodata.tif", dn, nodata=0), bundle, tmp_path / "prob.tif", device="cpu",
-                   band_index=[1, 2, 3], radiometry=RADIOMETRY, mask_path=tmp_path / "mask.tif")
+    predict(make_raster("nodata.tif", dn, nodata=0), bundle, tmp_path / "prob.tif",
+            band_index=[1, 2, 3], mask_path=tmp_path / "mask.tif")
     prob, _ = read(tmp_path / "prob.tif")
     mask, _ = read(tmp_path / "mask.tif")
     assert (prob[10:20, 10:30] == UINT8_NODATA).all() and (mask[10:20, 10:30] == UINT8_NODATA).all()
@@ -143,16 +152,15 @@ def test_nodata_value_nan_and_alpha_become_nodata(make_raster, tmp_path):
 
     floats = dn.astype(np.float32)
     floats[2, 40:45, :] = np.nan
-    predict_raster(make_raster("nan.tif", floats), bundle, tmp_path / "prob_nan.tif", device="cpu",
-                   band_index=[1, 2, 3], radiometry=RADIOMETRY, prob_format="float32")
+    predict(make_raster("nan.tif", floats), bundle, tmp_path / "prob_nan.tif",
+            band_index=[1, 2, 3], prob_format="float32")
     prob, _ = read(tmp_path / "prob_nan.tif")
     assert np.isnan(prob[40:45]).all() and np.isfinite(prob[:40]).all()
 
     alpha = np.full((1, 60, 80), 255, np.uint16)
     alpha[0, :, 70:] = 0
     path = make_raster("alpha.tif", np.concatenate([random_dn((3, 60, 80)), alpha]), photometric="RGB", alpha="YES")
-    predict_raster(path, bundle, tmp_path / "prob_alpha.tif", device="cpu", band_index=[1, 2, 3],
-                   radiometry=RADIOMETRY)
+    predict(path, bundle, tmp_path / "prob_alpha.tif", band_index=[1, 2, 3])
     prob, _ = read(tmp_path / "prob_alpha.tif")
     assert (prob[:, 70:] == UINT8_NODATA).all() and (prob[:, :70] < UINT8_NODATA).all()
 
@@ -160,8 +168,7 @@ def test_nodata_value_nan_and_alpha_become_nodata(make_raster, tmp_path):
 def test_all_nodata_raster_is_refused(make_raster, tmp_path):
     path = make_raster("empty.tif", np.zeros((3, 40, 40), np.uint16), nodata=0)
     with pytest.raises(InputError, match="every pixel .* is nodata"):
-        predict_raster(path, pixel_bundle(), tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3],
-                       radiometry=RADIOMETRY)
+        predict(path, pixel_bundle(), tmp_path / "prob.tif", band_index=[1, 2, 3])
 
 
 def test_window_output_is_on_the_cropped_grid(make_raster, tmp_path):
@@ -169,8 +176,8 @@ def test_window_output_is_on_the_cropped_grid(make_raster, tmp_path):
     bundle = pixel_bundle()
     src = make_raster("in.tif", dn)
     window = Window(30, 20, 50, 40)
-    predict_raster(src, bundle, tmp_path / "prob.tif", device="cpu", band_index=[1, 2, 3], radiometry=RADIOMETRY,
-                   window=window, prob_format="float32")
+    predict(src, bundle, tmp_path / "prob.tif", band_index=[1, 2, 3],
+            window=window, prob_format="float32")
     prob, profile = read(tmp_path / "prob.tif")
     with rasterio.open(src) as source:
         assert profile["transform"] == source.window_transform(window)
@@ -181,12 +188,11 @@ def test_cancel_stops_the_run_and_progress_is_reported(make_raster, tmp_path):
     src = make_raster("in.tif", random_dn((3, 200, 200)))
     calls = []
     with pytest.raises(Cancelled, match="cancelled"):
-        predict_raster(src, pixel_bundle(), tmp_path / "prob.tif", device="cpu", batch=1, band_index=[1, 2, 3],
-                       radiometry=RADIOMETRY, is_canceled=lambda: len(calls) >= 3, progress=calls.append)
+        predict(src, pixel_bundle(), tmp_path / "prob.tif", batch=1, band_index=[1, 2, 3],
+                is_canceled=lambda: len(calls) >= 3, progress=calls.append)
     assert len(calls) == 3
 
-    predict_raster(src, pixel_bundle(), tmp_path / "prob2.tif", device="cpu", band_index=[1, 2, 3],
-                   radiometry=RADIOMETRY, progress=calls.append)
+    predict(src, pixel_bundle(), tmp_path / "prob2.tif", band_index=[1, 2, 3], progress=calls.append)
     assert calls[3:] == sorted(calls[3:]) and calls[-1] == pytest.approx(100.0)
 
 
@@ -201,8 +207,8 @@ def test_seams_vanish_with_a_convolutional_net(make_raster, tmp_path, tiny_bundl
     src = make_raster("in.tif", dn)
     errors = {}
     for overlap in (0, 32):
-        predict_raster(src, bundle, tmp_path / f"prob{overlap}.tif", device="cpu", tile=64, overlap=overlap,
-                       band_index=list(range(1, bands + 1)), radiometry=RADIOMETRY, prob_format="float32")
+        predict(src, bundle, tmp_path / f"prob{overlap}.tif", tile=64, overlap=overlap,
+                band_index=list(range(1, bands + 1)), prob_format="float32")
         prob, _ = read(tmp_path / f"prob{overlap}.tif")
         errors[overlap] = np.abs(prob - expected_prob(dn.astype(np.float32), bundle))
     seam_columns = [63, 64, 127, 128]
