@@ -22,6 +22,7 @@ import queue
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ PREFETCH_BATCHES = 2
 PRECISIONS = ("auto", "float32")
 
 
+@lru_cache(maxsize=1)
 def cpu_has_native_bf16():
     """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX flags in Linux's /proc/cpuinfo)."""
     try:
@@ -51,7 +53,8 @@ def cpu_has_native_bf16():
 
 def autocast_for(info, precision):
     """Reduced precision where the hardware does it natively when ``precision`` is "auto": float16 on CUDA,
-    bfloat16 on CPUs with AVX512-BF16/AMX (about 2x faster; probabilities move by ~1e-3); else float32."""
+    bfloat16 on CPUs with AVX512-BF16/AMX (about 2x faster; probabilities typically move by ~1e-3); else
+    float32."""
     if precision == "float32":
         return nullcontext()
     if info.is_cuda:

@@ -149,3 +149,19 @@ def test_write_polygons_gpkg_round_trips_types(tmp_path):
     assert features[1].GetGeometryRef().GetGeometryCount() == 2
     assert layer.GetGeomType() == ogr.wkbMultiPolygon
 
+
+
+def test_simplify_tolerance_in_metres(footprint_rasters, tmp_path):
+    yy, xx = np.mgrid[:100, :100]
+    mask = (((yy - 50) ** 2 + (xx - 50) ** 2) < 40 ** 2).astype(np.uint8)
+    paths = footprint_rasters(mask)
+    vertices = {}
+    for tolerance_m in (0.0, 30.0):
+        out = tmp_path / f"out{tolerance_m}.gpkg"
+        result = polygonize(*paths, out, min_area_ha=0.0, simplify_tolerance_m=tolerance_m, model_name="m",
+                            source="s")
+        polygon = shapely.get_parts(read_layer(out)[1][0][0])[0]
+        vertices[tolerance_m] = len(polygon.exterior.coords)
+        if tolerance_m == 0.0:
+            assert result.total_area_ha == pytest.approx(int(mask.sum()) * 0.01, rel=0.002)
+    assert vertices[0.0] > 150 and vertices[30.0] < vertices[0.0] / 4
