@@ -1,0 +1,293 @@
+"""Chips from rasters + polygons: labels (reprojection, repair, extent, nodata), split, sampling, augmentation,
+the dataset and chip export; bad input gets a clear error."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from osgeo import osr
+from rasterio.crs import CRS
+
+from conftest import write_raster
+from model_core.bands import DEFAULT_MODEL_BANDS
+from model_core.data import (IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset, build_chip_index,
+                             build_datasets, compute_band_stats, export_chips, label_raster, read_polygons,
+                             select_chips)
+from model_core.errors import Cancelled, InputError, OutputError
+from model_core.vectorize import write_polygons_gpkg
+
+REAL = Path("/work/shared/data/real")
+X0, Y0, PIXEL = 500000.0, 5800000.0, 10.0  # conftest.write_raster's default grid (EPSG:32633)
+BAND_NAMES = [b.name for b in DEFAULT_MODEL_BANDS]  # B02 B03 B04 B08 B11 B12
+VEGETATION = [0.03, 0.06, 0.04, 0.35, 0.15, 0.07]  # reflectance per band
+BARE = [0.20, 0.25, 0.30, 0.33, 0.45, 0.40]
+
+
+def scene(size=64, bare_box=None, nodata_box=None):
+    """uint16 DN (reflectance x 10000) scene of vegetation, with a bare-ground box and a zero (nodata) box."""
+    image = np.empty((6, size, size), dtype=np.uint16)
+    image[:] = (np.array(VEGETATION) * 10000).astype(np.uint16)[:, None, None]
+    if bare_box:
+        r0, r1, c0, c1 = bare_box
+        image[:, r0:r1, c0:c1] = (np.array(BARE) * 10000).astype(np.uint16)[:, None, None]
+    if nodata_box:
+        r0, r1, c0, c1 = nodata_box
+        image[:, r0:r1, c0:c1] = 0
+    return image
+
+
+def pixel_box(row0, row1, col0, col1):
+    """Polygon (in the default UTM grid) covering pixel rows row0..row1-1 and columns col0..col1-1."""
+    return shapely.box(X0 + col0 * PIXEL, Y0 - row1 * PIXEL, X0 + col1 * PIXEL, Y0 - row0 * PIXEL)
+
+
+def write_polygons(path, geoms, crs="EPSG:32633"):
+    write_polygons_gpkg(path, geoms, CRS.from_user_input(crs).to_wkt(), {}, layer="polygons")
+    return path
+
+
+def to_lonlat(geom):
+    """Reproject a UTM 33N geometry to EPSG:4326 longitude/latitude (densified so edges stay straight in UTM)."""
+    source, target = osr.SpatialReference(), osr.SpatialReference()
+    source.ImportFromEPSG(32633)
+    target.ImportFromEPSG(4326)
+    for srs in (source, target):
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(source, target)
+    return shapely.transform(shapely.segmentize(geom, 5.0),
+                             lambda xy: np.array(transform.TransformPoints(xy))[:, :2])
+
+
+@pytest.fixture
+def utm_raster(tmp_path):
+    return write_raster(tmp_path / "scene.tif", scene(), descriptions=BAND_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+def test_polygons_in_lonlat_are_reprojected_onto_the_utm_grid(tmp_path, utm_raster):
+    square = pixel_box(10, 30, 20, 40)  # 20 x 20 pixels
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [to_lonlat(square)], "EPSG:4326"))
+    labels = label_raster(utm_raster, polygons, model_bands=DEFAULT_MODEL_BANDS).labels
+    assert abs(int((labels == 1).sum()) - 400) <= 8
+    rows, cols = np.nonzero(labels == 1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 29, 20, 39)
+
+
+def test_invalid_bow_tie_is_repaired_and_counted(tmp_path, utm_raster):
+    a, b = pixel_box(0, 20, 0, 20).bounds[:2], pixel_box(0, 20, 0, 20).bounds[2:]
+    bow_tie = shapely.Polygon([(a[0], a[1]), (b[0], b[1]), (b[0], a[1]), (a[0], b[1])])
+    assert not bow_tie.is_valid
+    messages = []
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [bow_tie, pixel_box(40, 50, 40, 50)]),
+                             log=messages.append)
+    assert polygons.repaired == 1
+    assert any("repaired 1 invalid geometries" in m for m in messages)
+    labels = label_raster(utm_raster, polygons, model_bands=DEFAULT_MODEL_BANDS).labels
+    assert abs(int((labels[:20, :20] == 1).sum()) - 200) <= 20  # both triangles: half the square
+    assert (labels[40:50, 40:50] == 1).all()
+
+
+def test_outside_the_labelled_extent_and_nodata_are_ignored(tmp_path):
+    raster = write_raster(tmp_path / "s.tif", scene(nodata_box=(0, 8, 0, 8)), nodata=0, descriptions=BAND_NAMES)
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 20, 10, 20)]))
+    extent = read_polygons(write_polygons(tmp_path / "e.gpkg", [pixel_box(0, 64, 0, 32)]))
+    labelled = label_raster(raster, polygons, extent, model_bands=DEFAULT_MODEL_BANDS)
+    labels = labelled.labels
+    assert (labels[:, 32:] == IGNORE).all()
+    assert (labels[:8, :8] == IGNORE).all() and not labelled.image_valid[:8, :8].any()
+    assert (labels[10:20, 10:20] == 1).all()
+    assert int((labels == 0).sum()) == 64 * 32 - 64 - 100
+
+
+def test_polygons_that_miss_the_raster_are_refused_naming_both_crs(tmp_path, utm_raster):
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(1000, 1010, 0, 10)] * 3))
+    with pytest.raises(InputError, match=r"none of the 3 polygons overlap the raster extent .*EPSG:32633.*"
+                                         r"right layer/raster"):
+        label_raster(utm_raster, polygons, model_bands=DEFAULT_MODEL_BANDS)
+
+
+def test_extent_that_misses_the_raster_is_refused(tmp_path, utm_raster):
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(0, 10, 0, 10)]))
+    extent = read_polygons(write_polygons(tmp_path / "e.gpkg", [pixel_box(500, 600, 0, 10)]))
+    with pytest.raises(InputError, match="labelled extent e.gpkg does not overlap scene.tif"):
+        label_raster(utm_raster, polygons, extent, model_bands=DEFAULT_MODEL_BANDS)
+
+
+def test_empty_missing_and_unreadable_polygon_files_are_refused(tmp_path):
+    with pytest.raises(InputError, match="has no polygons"):
+        read_polygons(write_polygons(tmp_path / "empty.gpkg", []))
+    with pytest.raises(InputError, match="does not exist"):
+        read_polygons(tmp_path / "missing.gpkg")
+    (tmp_path / "junk.gpkg").write_text("not a geopackage")
+    with pytest.raises(InputError, match="cannot read .*junk.gpkg as a vector layer"):
+        read_polygons(tmp_path / "junk.gpkg")
+
+
+# ---------------------------------------------------------------------------------------------- chips
+
+def labelled_scene(tmp_path, size=128, boxes=((10, 30, 10, 30), (70, 100, 80, 110)), bare_box=(40, 64, 96, 128)):
+    raster = write_raster(tmp_path / "big.tif", scene(size, bare_box=bare_box), descriptions=BAND_NAMES)
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(*b) for b in boxes]))
+    return label_raster(raster, polygons, model_bands=DEFAULT_MODEL_BANDS)
+
+
+def test_chip_statistics_and_hard_negatives(tmp_path):
+    raster = labelled_scene(tmp_path)
+    chips = build_chip_index([raster], chip_size=32, stride=32, val_fraction=0)
+    assert len(chips) == 16
+    by_place = {(c.row, c.col): c for c in chips}
+    assert by_place[(0, 0)].positive_fraction == pytest.approx(20 * 20 / 32**2)
+    assert by_place[(32, 96)].hard_negative and by_place[(32, 96)].positive_fraction == 0
+    assert not by_place[(0, 64)].hard_negative
+    assert sum(c.hard_negative for c in chips) == 1
+
+
+def test_spatial_split_keeps_train_and_val_apart_and_is_deterministic(tmp_path):
+    raster = labelled_scene(tmp_path, size=256)
+    chips = build_chip_index([raster], chip_size=32, stride=16, val_fraction=0.25, block_chips=2, seed=3)
+    train = [c for c in chips if c.split == "train"]
+    val = [c for c in chips if c.split == "val"]
+    assert train and val
+    for t in train:
+        assert all(abs(t.row - v.row) >= 32 or abs(t.col - v.col) >= 32 for v in val)
+    assert chips == build_chip_index([raster], chip_size=32, stride=16, val_fraction=0.25, block_chips=2, seed=3)
+    other = build_chip_index([raster], chip_size=32, stride=16, val_fraction=0.25, block_chips=2, seed=4)
+    assert {(c.row, c.col) for c in other if c.split == "val"} != {(c.row, c.col) for c in val}
+
+
+def make_chips(footprint, background, hard):
+    chips = [Chip(0, k, 0, 8, 0.3, 1.0, False) for k in range(footprint)]
+    chips += [Chip(0, k, 1, 8, 0.0, 1.0, k < hard) for k in range(background)]
+    return chips
+
+
+def test_balanced_sampler_draws_the_footprint_share_and_favours_hard_negatives():
+    chips = make_chips(10, 90, 10)
+    sampler = BalancedChipSampler(chips, footprint_share=0.5, hard_negative_weight=3.0, num_samples=20000, seed=1)
+    drawn = np.array(list(sampler))
+    footprint = np.array([c.is_footprint for c in chips])[drawn]
+    hard = np.array([c.hard_negative for c in chips])[drawn]
+    assert footprint.mean() == pytest.approx(0.5, abs=0.02)
+    assert hard.sum() / 10 == pytest.approx(3.0 * (~footprint & ~hard).sum() / 80, rel=0.1)
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn.tolist()
+    sampler.set_epoch(0)
+    assert list(sampler) == drawn.tolist()
+
+
+def test_chip_budget_is_balanced_nested_and_seeded():
+    chips = make_chips(40, 200, 20)
+    small, large = select_chips(chips, 8, seed=5), select_chips(chips, 32, seed=5)
+    assert len(small) == 8 and sum(c.is_footprint for c in small) == 4
+    assert set(small) <= set(large)
+    assert select_chips(chips, 8, seed=6) != small
+    assert sum(c.is_footprint for c in select_chips(make_chips(2, 50, 0), 8)) == 2  # short kind topped up
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+def test_dataset_items_and_augmentation_keep_image_and_mask_aligned(tmp_path):
+    raster = labelled_scene(tmp_path, boxes=((10, 30, 5, 12),), bare_box=(10, 30, 5, 12))  # bare == footprint
+    chips = [c for c in build_chip_index([raster], 32, 32, val_fraction=0) if c.is_footprint]
+    plain = ChipDataset([raster], chips, [0.0] * 6, [1.0] * 6)[0]
+    assert plain["image"].shape == (6, 32, 32) and plain["image"].dtype == torch.float32
+    assert plain["mask"].shape == plain["valid"].shape == (1, 32, 32)
+    np.testing.assert_allclose(plain["image"][:, 0, 0].numpy(), VEGETATION, atol=1e-6)
+    dataset = ChipDataset([raster], chips, [0.0] * 6, [1.0] * 6, augment=Augment(gain_jitter=0.02, offset_jitter=0.005),
+                          seed=7)
+    seen = set()
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        item = dataset[0]
+        bright = item["image"][4] > 0.3  # SWIR1: bare (footprint) 0.45 vs vegetation 0.15
+        assert torch.equal(bright, item["mask"][0].bool())
+        seen.add(tuple(item["mask"][0].flatten().nonzero()[:3, 0].tolist()))
+        assert torch.equal(dataset[0]["image"], item["image"])  # same seed, epoch, index -> same sample
+    assert len(seen) > 1  # the flips/rotations did move the footprint
+
+
+def test_dataset_normalises_zeroes_nodata_and_works_in_loader_workers(tmp_path):
+    raster_path = write_raster(tmp_path / "s.tif", scene(nodata_box=(0, 4, 0, 4)), nodata=0, descriptions=BAND_NAMES)
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 20, 10, 20)]))
+    raster = label_raster(raster_path, polygons, model_bands=DEFAULT_MODEL_BANDS)
+    chips = build_chip_index([raster], 32, 32, val_fraction=0)
+    mean, std = compute_band_stats([raster])
+    np.testing.assert_allclose(mean, VEGETATION, atol=1e-4)
+    assert all(s == pytest.approx(1e-6) for s in std)  # constant bands: the floor
+    mean, std = [0.1] * 6, [0.2] * 6
+    in_memory = ChipDataset([raster], chips, mean, std)
+    from_disk = ChipDataset([raster], chips, mean, std, cache_bytes=0)
+    item = from_disk[0]
+    assert torch.equal(item["image"], in_memory[0]["image"])
+    assert (item["image"][:, :4, :4] == 0).all() and (item["valid"][0, :4, :4] == 0).all()
+    np.testing.assert_allclose(item["image"][:, 8, 8].numpy(), (np.array(VEGETATION) - 0.1) / 0.2, atol=1e-5)
+    loader = torch.utils.data.DataLoader(from_disk, batch_size=2, num_workers=1)
+    batch = next(iter(loader))
+    assert torch.equal(batch["image"][0], item["image"])
+
+
+def test_build_datasets_from_cli_arguments(tmp_path):
+    raster = write_raster(tmp_path / "s.tif", scene(128, bare_box=(40, 64, 96, 128)), descriptions=BAND_NAMES)
+    polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30), pixel_box(70, 100, 80, 110)])
+    data = build_datasets([raster], polygons, model_bands=DEFAULT_MODEL_BANDS, chip_size=32, stride=16,
+                          val_fraction=0.2, block_chips=2, seed=0, max_chips=10, batch_size=4)
+    assert len(data.train) == 10 and len(data.val) > 0
+    assert data.summary["train_chips"] == 10 and data.summary["polygon_count"] == 2
+    assert len(data.norm_mean) == 6
+    with pytest.raises(InputError, match=r"only \d+ training chips .* fewer than one batch of 64; lower --batch"):
+        build_datasets([raster], polygons, model_bands=DEFAULT_MODEL_BANDS, chip_size=32, batch_size=64)
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+def test_export_chips_writes_georeferenced_pairs_and_an_index(tmp_path):
+    raster = write_raster(tmp_path / "s.tif", scene(), descriptions=BAND_NAMES)
+    polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30)])
+    out = tmp_path / "chips"
+    result = export_chips([raster], polygons, out, chip_size=32, val_fraction=0)
+    with open(result.index_path) as f:
+        rows = list(csv.DictReader(f))
+    assert result.train_count == len(rows) == 4
+    first = next(r for r in rows if r["row"] == "0" and r["col"] == "0")
+    assert float(first["positive_fraction"]) == pytest.approx(20 * 20 / 32**2)
+    with rasterio.open(out / first["image"]) as image, rasterio.open(out / first["mask"]) as mask:
+        assert image.count == 6 and image.descriptions[4] == "B11" and image.transform == mask.transform
+        assert image.transform.c == X0 and image.transform.f == Y0
+        assert int((mask.read(1) == 1).sum()) == 400
+    with pytest.raises(OutputError, match="exists; .*--overwrite"):
+        export_chips([raster], polygons, out, chip_size=32)
+    export_chips([raster], polygons, out, chip_size=16, val_fraction=0, overwrite=True)
+    assert len(list((out / "mask").iterdir())) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chips", "p.gpkg", "s.tif"]
+
+
+def test_cancelled_export_leaves_nothing(tmp_path):
+    raster = write_raster(tmp_path / "s.tif", scene(), descriptions=BAND_NAMES)
+    polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30)])
+    calls = []
+    with pytest.raises(Cancelled):
+        export_chips([raster], polygons, tmp_path / "chips", chip_size=16,
+                     is_canceled=lambda: len(calls) > 3, progress=calls.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.gpkg", "s.tif"]
+
+
+# ---------------------------------------------------------------------------------------------- real data
+
+def test_real_sentinel2_scene_with_reference_polygons():
+    raster = REAL / "s2_l1c_brandenburg_10m_10band.tif"
+    polygons = read_polygons(REAL / "s2_l1c_brandenburg_ref_polygons.gpkg")
+    labelled = label_raster(raster, polygons, model_bands=DEFAULT_MODEL_BANDS)
+    assert len(polygons.geometries) == 30
+    assert labelled.polygon_count == 29  # polygon 18 lies outside the image
+    assert labelled.band_index == [1, 2, 3, 7, 9, 10]
+    with rasterio.open(raster) as src:
+        inside = shapely.union_all(polygons.geometries).intersection(shapely.box(*src.bounds))
+    assert (labelled.labels == 1).sum() * 100.0 == pytest.approx(inside.area, rel=0.03)
+    assert labelled.bare[267:286, 229:257].mean() > 0.5  # the sand patch reads as bare ground
+    chips = build_chip_index([labelled], 128, 128, val_fraction=0.2, seed=0)
+    assert any(c.split == "val" for c in chips) and any(c.is_footprint for c in chips)
