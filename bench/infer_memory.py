@@ -40,7 +40,7 @@ def main():
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="OMP/torch threads of the child")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     print(f"model {Path(args.model).name}; `python -m model_core segment` per size, fresh process each")
