@@ -324,8 +324,9 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
             tiles_done += len(item.places)
             progress(100.0 * tiles_done / len(grid))
         reader_thread.finish()
-        writer.pipe.put(strip.advance(grid.height))
-        writer.pipe.close()
+        if not stop.is_set():  # else the writer failed: finish() below raises its error
+            writer.pipe.put(strip.advance(grid.height))
+            writer.pipe.close()
         writer.thread.finish()
     finally:
         stop.set()

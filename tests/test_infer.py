@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import rasterio
+import rasterio.errors
 import torch
 from rasterio.windows import Window
 
@@ -220,3 +221,15 @@ def test_seams_vanish_with_a_convolutional_net(make_raster, tmp_path, tiny_bundl
     assert seams[0] > 3 * elsewhere[0]  # plain tiling: visible seams
     assert seams[32] < seams[0] / 5
     assert seams[32] < 1.5 * elsewhere[32]  # blended: tile edges no worse than anywhere else
+
+
+def test_a_failing_writer_stops_the_run_with_its_error(make_raster, tmp_path):
+    src = make_raster("in.tif", random_dn((3, 300, 300)))
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        predict(src, pixel_bundle(), tmp_path / "missing_folder" / "prob.tif", batch=1, band_index=[1, 2, 3])
+
+
+def test_a_failing_reader_stops_the_run_with_its_error(make_raster, tmp_path):
+    src = make_raster("in.tif", random_dn((3, 300, 300)))
+    with pytest.raises(IndexError):
+        predict(src, pixel_bundle(), tmp_path / "prob.tif", batch=1, band_index=[1, 2, 9])
