@@ -21,8 +21,8 @@ extent or nodata in the raster. Dataset samples are dicts of float32 tensors: ``
 
 A chip is a ``chip_size`` square window; chips step by ``stride`` and the last row/column of chips is flush
 with the raster edge. The train/validation split is by location: blocks of ``block_chips`` x ``block_chips``
-chip positions go to validation whole, and training chips that overlap a validation chip are dropped (the
-buffer), so no pixel is seen in both splits.
+chip positions (smaller blocks if the rasters hold too few) go to validation whole, and training chips that
+overlap a validation chip are dropped (the buffer), so no pixel is seen in both splits.
 """
 
 import csv
@@ -39,7 +39,8 @@ import rasterio.features
 import shapely
 import torch
 from osgeo import ogr, osr
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from .bands import Band, RasterBandInfo, match_bands, resolve_radiometry
@@ -203,7 +204,7 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
         raise InputError(f"raster {path} does not exist; check the path")
     try:
         src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
+    except RasterioIOError as exc:
         raise InputError(f"cannot read {path} as a raster ({exc}); give a GeoTIFF or another GDAL raster") from exc
     with src:
         if src.crs is None:
@@ -304,7 +305,15 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
     if not chips:
         raise InputError(f"no chip of {chip_size} px has {min_valid_fraction:.0%} labelled pixels; check the "
                          "labelled extent and nodata, or lower --chip-size")
-    return _split_by_blocks(chips, val_fraction, block_chips * stride, seed)
+    if val_fraction <= 0:
+        return chips
+    for blocks_side in sorted({max(1, block_chips >> halving) for halving in range(block_chips.bit_length())},
+                              reverse=True):  # smaller blocks when the rasters hold too few
+        split = _split_by_blocks(chips, val_fraction, blocks_side * stride, seed)
+        if split:
+            return split
+    raise InputError(f"only {len(chips)} chips: too few for a spatial train/validation split; add rasters, lower "
+                     "--chip-size, or pass --val-fraction 0")
 
 
 def _measure_chip(raster, number, row, col, size):
@@ -318,38 +327,32 @@ def _measure_chip(raster, number, row, col, size):
 
 
 def _split_by_blocks(chips, val_fraction, block_px, seed):
-    """Whole blocks of chips go to validation until ``val_fraction`` of the chips are there; training chips that
-    overlap any validation chip are dropped."""
-    if val_fraction <= 0:
-        return chips
+    """Whole blocks of chips (in seeded random order) go to validation until ``val_fraction`` of the chips are
+    there; training chips that overlap a validation chip are dropped. A block that would leave no training chip
+    is skipped; returns None if no block could go to validation."""
     blocks = {}
     for k, chip in enumerate(chips):
         blocks.setdefault((chip.raster, chip.row // block_px, chip.col // block_px), []).append(k)
     keys = sorted(blocks)
-    order = np.random.default_rng(seed).permutation(len(keys))
+    rows, cols = np.array([c.row for c in chips]), np.array([c.col for c in chips])
+    raster, size = np.array([c.raster for c in chips]), chips[0].size
     is_val = np.zeros(len(chips), dtype=bool)
-    target = val_fraction * len(chips)
-    for i in order:
-        if is_val.sum() >= target:
+    taken = np.zeros(len(chips), dtype=bool)  # validation chips and the training chips they overlap
+    for i in np.random.default_rng(seed).permutation(len(keys)):
+        if is_val.sum() >= val_fraction * len(chips):
             break
         members = blocks[keys[i]]
-        if is_val.sum() + len(members) >= len(chips):  # keep some chips for training
+        near = np.zeros(len(chips), dtype=bool)
+        for k in members:
+            near |= (raster == chips[k].raster) & (np.abs(rows - chips[k].row) < size) & \
+                (np.abs(cols - chips[k].col) < size)
+        if (taken | near).all():
             continue
         is_val[members] = True
-    rows = np.array([c.row for c in chips])
-    cols = np.array([c.col for c in chips])
-    raster = np.array([c.raster for c in chips])
-    size = chips[0].size
-    split = []
-    for k, chip in enumerate(chips):
-        if is_val[k]:
-            split.append(replace(chip, split="val"))
-            continue
-        touches_val = is_val & (raster == chip.raster) & (np.abs(rows - chip.row) < size) & \
-            (np.abs(cols - chip.col) < size)
-        if not touches_val.any():
-            split.append(chip)
-    return split
+        taken |= near
+    if not is_val.any():
+        return None
+    return [replace(c, split="val") if is_val[k] else c for k, c in enumerate(chips) if is_val[k] or not taken[k]]
 
 
 def select_chips(chips, max_chips=None, *, footprint_share=0.5, hard_negative_weight=2.0, seed=0):
@@ -415,12 +418,12 @@ def compute_band_stats(rasters, *, chips=None, max_pixels=1_000_000):
         with rasterio.open(raster.path) as src:
             out_shape = (len(raster.band_index),) + valid.shape
             dn = src.read(raster.band_index, window=window, out_shape=out_shape, out_dtype="float32",
-                          resampling=rasterio.enums.Resampling.nearest)
+                          resampling=Resampling.nearest)
         samples.append((dn * raster.scale + raster.offset)[:, valid])
     values = np.concatenate(samples, axis=1).astype(np.float64)
     if values.shape[1] == 0:
         raise InputError("no valid pixels to compute band statistics from; check the rasters' nodata")
-    std = np.maximum(values.std(axis=1), 1e-6)
+    std = np.maximum(values.std(axis=1), 1e-3)  # a constant band must not blow up
     return [float(v) for v in values.mean(axis=1)], [float(v) for v in std]
 
 
@@ -475,7 +478,7 @@ class ChipDataset(torch.utils.data.Dataset):
             raise InputError(f"normalisation has {self.mean.shape[0]} bands but the rasters give {sorted(bands)}; "
                              "use the statistics of the same band selection")
         self.augment, self.seed, self.epoch, self.cache_bytes = augment, seed, 0, cache_bytes
-        self._open = {}  # per process: raster number -> open dataset or cached reflectance array
+        self._open, self._pid = {}, os.getpid()  # raster number -> open dataset or reflectance array, per process
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -513,6 +516,8 @@ class ChipDataset(torch.utils.data.Dataset):
         return dn * np.float32(raster.scale) + np.float32(raster.offset)
 
     def _source(self, number):
+        if self._pid != os.getpid():  # a forked DataLoader worker: never share the parent's GDAL handles
+            self._open, self._pid = {}, os.getpid()
         if number not in self._open:
             raster = self.rasters[number]
             height, width = raster.shape
@@ -635,12 +640,15 @@ def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=
     try:
         (staging / "image").mkdir()
         (staging / "mask").mkdir()
-        rows = []
-        for k, chip in enumerate(chips):
-            if is_canceled():
-                raise Cancelled("chip export was cancelled; no output was written")
-            rows.append(_write_chip_pair(labelled[chip.raster], chip, staging))
-            progress(100.0 * (k + 1) / len(chips))
+        rows, stems = [], _unique_stems([r.path for r in labelled])
+        for number, raster in enumerate(labelled):
+            with rasterio.open(raster.path) as src:
+                for chip in (c for c in chips if c.raster == number):
+                    if is_canceled():
+                        raise Cancelled("chip export was cancelled; no output was written")
+                    rows.append(_write_chip_pair(src, raster, chip, f"{stems[number]}_r{chip.row}_c{chip.col}.tif",
+                                                 staging))
+                    progress(100.0 * len(rows) / len(chips))
         with open(staging / "index.csv", "w", newline="") as index:
             writer = csv.DictWriter(index, INDEX_FIELDS)
             writer.writeheader()
@@ -655,24 +663,28 @@ def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=
     return ExportResult(str(out_dir), str(out_dir / "index.csv"), len(chips) - val_count, val_count)
 
 
-def _write_chip_pair(raster, chip, folder):
-    name = f"{Path(raster.path).stem}_r{chip.row}_c{chip.col}.tif"
+def _write_chip_pair(src, raster, chip, name, folder):
     labels = raster.labels[chip.row:chip.row + chip.size, chip.col:chip.col + chip.size]
-    with rasterio.open(raster.path) as src:
-        data = src.read(raster.band_index, window=chip.window)
-        common = {"driver": "GTiff", "width": chip.size, "height": chip.size, "crs": src.crs,
-                  "transform": src.window_transform(chip.window), "compress": "deflate"}
-        with rasterio.open(folder / "image" / name, "w", count=len(raster.band_index), dtype=data.dtype,
-                           nodata=src.nodata, **common) as dst:
-            dst.write(data)
-            for k, band in enumerate(raster.band_index, start=1):
-                if src.descriptions[band - 1]:
-                    dst.set_band_description(k, src.descriptions[band - 1])
+    data = src.read(raster.band_index, window=chip.window)
+    common = {"driver": "GTiff", "width": chip.size, "height": chip.size, "crs": src.crs,
+              "transform": src.window_transform(chip.window), "compress": "deflate"}
+    with rasterio.open(folder / "image" / name, "w", count=len(raster.band_index), dtype=data.dtype,
+                       nodata=src.nodata, **common) as dst:
+        dst.write(data)
+        for k, band in enumerate(raster.band_index, start=1):
+            if src.descriptions[band - 1]:
+                dst.set_band_description(k, src.descriptions[band - 1])
     with rasterio.open(folder / "mask" / name, "w", count=1, dtype="uint8", nodata=IGNORE, **common) as dst:
         dst.write(labels, 1)
     return {"image": f"image/{name}", "mask": f"mask/{name}", "split": chip.split, "raster": raster.path,
             "row": chip.row, "col": chip.col, "positive_fraction": round(chip.positive_fraction, 6),
             "valid_fraction": round(chip.valid_fraction, 6), "hard_negative": int(chip.hard_negative)}
+
+
+def _unique_stems(paths):
+    """File stems, prefixed with the raster's number where two rasters share a stem."""
+    stems = [Path(p).stem for p in paths]
+    return [f"{k}_{stem}" if stems.count(stem) > 1 else stem for k, stem in enumerate(stems)]
 
 
 def _move_into_place(staging, out_dir):

@@ -160,6 +160,15 @@ def test_spatial_split_keeps_train_and_val_apart_and_is_deterministic(tmp_path):
     assert {(c.row, c.col) for c in other if c.split == "val"} != {(c.row, c.col) for c in val}
 
 
+def test_too_few_chips_for_a_split_is_refused(tmp_path, utm_raster):
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 20, 10, 20)]))
+    raster = label_raster(utm_raster, polygons, model_bands=DEFAULT_MODEL_BANDS)
+    assert len(build_chip_index([raster], 64, val_fraction=0)) == 1
+    with pytest.raises(InputError, match="only 1 chips: too few for a spatial train/validation split; .*"
+                                         "--val-fraction 0"):
+        build_chip_index([raster], 64, val_fraction=0.2)
+
+
 def make_chips(footprint, background, hard):
     chips = [Chip(0, k, 0, 8, 0.3, 1.0, False) for k in range(footprint)]
     chips += [Chip(0, k, 1, 8, 0.0, 1.0, k < hard) for k in range(background)]
@@ -218,7 +227,7 @@ def test_dataset_normalises_zeroes_nodata_and_works_in_loader_workers(tmp_path):
     chips = build_chip_index([raster], 32, 32, val_fraction=0)
     mean, std = compute_band_stats([raster])
     np.testing.assert_allclose(mean, VEGETATION, atol=1e-4)
-    assert all(s == pytest.approx(1e-6) for s in std)  # constant bands: the floor
+    assert std == [1e-3] * 6  # constant bands: the floor
     mean, std = [0.1] * 6, [0.2] * 6
     in_memory = ChipDataset([raster], chips, mean, std)
     from_disk = ChipDataset([raster], chips, mean, std, cache_bytes=0)
