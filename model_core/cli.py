@@ -33,7 +33,7 @@ def add_segment_command(subparsers):
     parser.add_argument("--scale", type=float, metavar="S", help="reflectance = DN * S + O (default: detected)")
     parser.add_argument("--offset", type=float, metavar="O", help="reflectance = DN * S + O (default: detected)")
     parser.add_argument("--bounds", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
-                        help="only segment this extent, in the raster's CRS")
+                        help="only segment this extent (raster CRS); outputs cover the input pixels it touches")
     parser.add_argument("--prob-format", choices=("uint8", "float32"), default="uint8",
                         help="uint8: probability*254, 255 nodata (default); float32: NaN nodata")
     parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
