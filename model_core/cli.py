@@ -75,7 +75,45 @@ class _ProgressPrinter:
             self.next_step = int(percent) // 10 * 10 + 10
 
 
-COMMANDS = [add_segment_command]
+def add_export_chips_command(subparsers):
+    parser = subparsers.add_parser(
+        "export-chips", help="cut training chips (GeoTIFF image + mask pairs) from rasters and polygons",
+        description="Write DIR/image/*.tif, DIR/mask/*.tif (1 footprint, 0 background, 255 ignore: outside the "
+                    "labelled extent or nodata) and DIR/index.csv (file, split, positive fraction...). The "
+                    "train/val split is by location.")
+    parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
+    parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
+    parser.add_argument("--layer", help="layer of --polygons (default: the first)")
+    parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
+    parser.add_argument("--extent-layer", help="layer of --extent (default: the first)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="new folder for the chips")
+    parser.add_argument("--chip-size", type=int, default=256, metavar="N")
+    parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: the chip size)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="export only this bundle's bands (default: all bands)")
+    parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band (with --model)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    parser.set_defaults(handler=run_export_chips)
+
+
+def run_export_chips(args):
+    from .bands import parse_band_mapping
+    from .bundle import read_spec
+    from .data import export_chips
+
+    result = export_chips(
+        args.raster, args.polygons, args.out_dir, extent=args.extent, chip_size=args.chip_size, stride=args.stride,
+        val_fraction=args.val_fraction, seed=args.seed,
+        model_bands=read_spec(args.model).band_list() if args.model else None,
+        band_mapping=parse_band_mapping(args.bands) if args.bands else None, overwrite=args.overwrite,
+        polygon_layer=args.layer, extent_layer=args.extent_layer, progress=_ProgressPrinter(),
+        log=lambda message: print(message, file=sys.stderr))
+    print(f"{result.train_count} train and {result.val_count} validation chips in {result.out_dir}")
+    print(f"index: {result.index_path}")
+
+
+COMMANDS = [add_segment_command, add_export_chips_command]
 
 
 def build_parser():

@@ -300,3 +300,19 @@ def test_real_sentinel2_scene_with_reference_polygons():
     assert labelled.bare[267:286, 229:257].mean() > 0.5  # the sand patch reads as bare ground
     chips = build_chip_index([labelled], 128, 128, val_fraction=0.2, seed=0)
     assert any(c.split == "val" for c in chips) and any(c.is_footprint for c in chips)
+
+
+def test_export_chips_command(tmp_path, capsys):
+    from model_core.cli import main
+
+    raster = write_raster(tmp_path / "s.tif", scene(), descriptions=BAND_NAMES)
+    polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30)])
+    assert main(["export-chips", "--raster", str(raster), "--polygons", str(polygons), "--out-dir",
+                 str(tmp_path / "chips"), "--chip-size", "16", "--val-fraction", "0.25", "--seed", "1"]) == 0
+    assert "validation chips in" in capsys.readouterr().out
+    assert len(list((tmp_path / "chips" / "image").iterdir())) > 0
+    far = write_polygons(tmp_path / "far.gpkg", [pixel_box(1000, 1010, 0, 10)])
+    assert main(["export-chips", "--raster", str(raster), "--polygons", str(far), "--out-dir",
+                 str(tmp_path / "other")]) == 1
+    assert "error: s.tif: none of the 1 polygons overlap" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
