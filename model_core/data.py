@@ -51,8 +51,8 @@ IGNORE = 255
 FOOTPRINT, BACKGROUND = 1, 0
 
 # Bare-ground spectra (hard negatives): bright in SWIR1, little vegetation. Reflectance units.
-BARE_SWIR1_MIN = 0.2
-BARE_NDVI_MAX = 0.25
+BARE_SWIR1_MIN = 0.25
+BARE_NDVI_MAX = 0.2
 HARD_NEGATIVE_MIN_BARE_FRACTION = 0.05
 _BARE_GROUND_BANDS = [Band("B04", 665.0), Band("B08", 842.0), Band("B11", 1610.0)]  # red, NIR, SWIR1
 
@@ -429,7 +429,7 @@ def compute_band_stats(rasters, *, chips=None, max_pixels=1_000_000):
 
 # ---------------------------------------------------------------------------------------------- augmentation
 
-@dataclass
+@dataclass(frozen=True)
 class Augment:
     """Random flips, 90 degree rotations (applied alike to image, mask and valid) and radiometric jitter in
     reflectance units: per-band gain x U(1-g, 1+g) and offset U(-o, o), plus one offset for all bands

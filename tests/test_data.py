@@ -2,15 +2,19 @@
 the dataset and chip export; bad input gets a clear error."""
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import rasterio.warp
 import shapely
+import shapely.geometry
 import torch
 from osgeo import osr
 from rasterio.crs import CRS
+from rasterio.transform import from_origin
 
 from conftest import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS
@@ -76,6 +80,30 @@ def test_polygons_in_lonlat_are_reprojected_onto_the_utm_grid(tmp_path, utm_rast
     assert abs(int((labels == 1).sum()) - 400) <= 8
     rows, cols = np.nonzero(labels == 1)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 29, 20, 39)
+
+
+def test_geojson_polygons_label_rasters_in_two_utm_zones(tmp_path, utm_raster):
+    square = pixel_box(10, 30, 20, 40)
+    geojson = tmp_path / "p.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(to_lonlat(square))}]}))
+    polygons = read_polygons(geojson)
+    with rasterio.open(utm_raster) as src:  # the same ground in the neighbouring zone (32N)
+        x, y = rasterio.warp.transform(src.crs, "EPSG:32632", [X0], [Y0])
+    zone32 = write_raster(tmp_path / "z32.tif", scene(), crs="EPSG:32632",
+                          transform=from_origin(x[0] - 200.0, y[0] + 200.0, PIXEL, PIXEL), descriptions=BAND_NAMES)
+    for raster in (utm_raster, zone32):
+        labels = label_raster(raster, polygons, model_bands=DEFAULT_MODEL_BANDS).labels
+        assert abs(int((labels == 1).sum()) - 400) <= 40  # the grids are rotated against each other in zone 32
+
+
+def test_missing_and_unreadable_rasters_are_refused(tmp_path):
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(0, 10, 0, 10)]))
+    with pytest.raises(InputError, match="raster .*missing.tif does not exist"):
+        label_raster(tmp_path / "missing.tif", polygons)
+    (tmp_path / "junk.tif").write_text("not a raster")
+    with pytest.raises(InputError, match="cannot read .*junk.tif as a raster"):
+        label_raster(tmp_path / "junk.tif", polygons)
 
 
 def test_invalid_bow_tie_is_repaired_and_counted(tmp_path, utm_raster):
