@@ -247,17 +247,20 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
 
 
 def _scan_pixels(src, band_index, bare_index, radiometry):
-    """Read the raster strip by strip: where every selected band has data, and where spectra look like bare
+    """Read the raster strip by strip: where every selected band has data (mask and not NaN), and where spectra look like bare
     ground (needs red, NIR, SWIR1: ``bare_index``; otherwise nothing is bare)."""
     height, width = src.height, src.width
     image_valid = np.ones((height, width), dtype=bool)
     bare = np.zeros((height, width), dtype=bool)
     needs_masks = any(MaskFlags.all_valid not in src.mask_flag_enums[i - 1] for i in band_index)
+    is_float = any(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in band_index)
     for row in range(0, height, _STRIP_ROWS):
         window = Window(0, row, width, min(_STRIP_ROWS, height - row))
         rows = slice(row, row + window.height)
         if needs_masks:
             image_valid[rows] = src.read_masks(band_index, window=window).all(axis=0)
+        if is_float:  # NaN is nodata too
+            image_valid[rows] &= np.isfinite(src.read(band_index, window=window)).all(axis=0)
         if bare_index is not None:
             red, nir, swir1 = src.read(bare_index, window=window, out_dtype="float32") * radiometry.scale + \
                 radiometry.offset
@@ -412,13 +415,12 @@ def compute_band_stats(rasters, *, chips=None, max_pixels=1_000_000):
     samples = []
     for number, window in windows:
         raster = rasters[number]
-        rows = slice(int(window.row_off), int(window.row_off + window.height), step)
-        cols = slice(int(window.col_off), int(window.col_off + window.width), step)
-        valid = raster.image_valid[rows, cols]
-        with rasterio.open(raster.path) as src:
-            out_shape = (len(raster.band_index),) + valid.shape
+        out_shape = (len(raster.band_index), -(-int(window.height) // step), -(-int(window.width) // step))
+        with rasterio.open(raster.path) as src:  # decimated reads: every step-th pixel, data and mask alike
             dn = src.read(raster.band_index, window=window, out_shape=out_shape, out_dtype="float32",
                           resampling=Resampling.nearest)
+            valid = src.read_masks(raster.band_index, window=window, out_shape=out_shape,
+                                   resampling=Resampling.nearest).all(axis=0) & np.isfinite(dn).all(axis=0)
         samples.append((dn * raster.scale + raster.offset)[:, valid])
     values = np.concatenate(samples, axis=1).astype(np.float64)
     if values.shape[1] == 0:
@@ -462,7 +464,8 @@ class Augment:
 
 class ChipDataset(torch.utils.data.Dataset):
     """Chips of ``rasters`` read on the fly (windowed reads; files opened lazily once per process, so DataLoader
-    workers are safe) or from memory when a raster's selected bands fit in ``cache_bytes``.
+    workers are safe) or from memory when a raster's selected bands fit in ``cache_bytes`` (float32 reflectance,
+    one copy per worker process unless loaded before the workers fork).
 
     Item: dict(image float32 [C, H, W] normalised ((reflectance - mean) / std, nodata 0), mask float32 [1, H, W]
     in {0, 1}, valid float32 [1, H, W] in {0, 1}). With ``augment``, item i of epoch e is the same for a given
@@ -516,8 +519,9 @@ class ChipDataset(torch.utils.data.Dataset):
         return dn * np.float32(raster.scale) + np.float32(raster.offset)
 
     def _source(self, number):
-        if self._pid != os.getpid():  # a forked DataLoader worker: never share the parent's GDAL handles
-            self._open, self._pid = {}, os.getpid()
+        if self._pid != os.getpid():  # a forked DataLoader worker: keep cached arrays, not the parent's GDAL handles
+            self._open = {k: v for k, v in self._open.items() if isinstance(v, np.ndarray)}
+            self._pid = os.getpid()
         if number not in self._open:
             raster = self.rasters[number]
             height, width = raster.shape

@@ -130,6 +130,11 @@ def test_outside_the_labelled_extent_and_nodata_are_ignored(tmp_path):
     assert (labels[:8, :8] == IGNORE).all() and not labelled.image_valid[:8, :8].any()
     assert (labels[10:20, 10:20] == 1).all()
     assert int((labels == 0).sum()) == 64 * 32 - 64 - 100
+    reflectance = scene().astype(np.float32) / 10000
+    reflectance[3, 60:, 60:] = np.nan  # float raster, no nodata value: NaN is nodata
+    float_raster = write_raster(tmp_path / "f.tif", reflectance, descriptions=BAND_NAMES)
+    labels = label_raster(float_raster, polygons, model_bands=DEFAULT_MODEL_BANDS).labels
+    assert (labels[60:, 60:] == IGNORE).all() and (labels[:60] != IGNORE).all()
 
 
 def test_polygons_that_miss_the_raster_are_refused_naming_both_crs(tmp_path, utm_raster):
