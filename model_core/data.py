@@ -376,9 +376,12 @@ def select_chips(chips, max_chips=None, *, footprint_share=0.5, hard_negative_we
 
 
 class BalancedChipSampler(torch.utils.data.Sampler):
-    """Draws chip indices with replacement so that footprint chips make up ``footprint_share`` of the draws and,
-    among background chips, hard negatives are ``hard_negative_weight`` times as likely. ``num_samples`` draws
-    per epoch (default: one per chip); call :meth:`set_epoch` each epoch for a new, reproducible order."""
+    """Draws chips with replacement so that footprint chips make up ``footprint_share`` of the draws and, among
+    background chips, hard negatives are ``hard_negative_weight`` times as likely. ``num_samples`` draws per
+    epoch (default: one per chip); call :meth:`set_epoch` each epoch for a new, reproducible order.
+
+    Yields ``(chip index, draw number)`` queries for :class:`ChipDataset`, so a chip drawn twice in an epoch
+    gets two different augmentations."""
 
     def __init__(self, chips, *, footprint_share=0.5, hard_negative_weight=2.0, num_samples=None, seed=0):
         is_footprint = np.array([c.is_footprint for c in chips])
@@ -397,7 +400,8 @@ class BalancedChipSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist())
+        drawn = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist()
+        return iter(list(zip(drawn, range(self.num_samples))))
 
     def __len__(self):
         return self.num_samples
@@ -468,8 +472,9 @@ class ChipDataset(torch.utils.data.Dataset):
     one copy per worker process unless loaded before the workers fork).
 
     Item: dict(image float32 [C, H, W] normalised ((reflectance - mean) / std, nodata 0), mask float32 [1, H, W]
-    in {0, 1}, valid float32 [1, H, W] in {0, 1}). With ``augment``, item i of epoch e is the same for a given
-    ``seed``; call :meth:`set_epoch` before each epoch (with DataLoader workers that are not persistent).
+    in {0, 1}, valid float32 [1, H, W] in {0, 1}). Indexed by chip index or by a ``(chip index, draw)`` query
+    (from :class:`BalancedChipSampler`). With ``augment``, a query gives the same sample for the same ``seed`` and
+    epoch; call :meth:`set_epoch` before each epoch (with DataLoader workers that are not persistent).
     """
 
     def __init__(self, rasters, chips, norm_mean, norm_std, *, augment=None, seed=0, cache_bytes=256 * 2**20):
@@ -492,7 +497,8 @@ class ChipDataset(torch.utils.data.Dataset):
     def __getstate__(self):
         return {**self.__dict__, "_open": {}}
 
-    def __getitem__(self, index):
+    def __getitem__(self, query):
+        index, draw = query if isinstance(query, tuple) else (query, 0)
         chip = self.chips[index]
         raster = self.rasters[chip.raster]
         rows, cols = slice(chip.row, chip.row + chip.size), slice(chip.col, chip.col + chip.size)
@@ -501,7 +507,7 @@ class ChipDataset(torch.utils.data.Dataset):
         image_valid = raster.image_valid[rows, cols]
         planes = np.stack([labels == FOOTPRINT, labels != IGNORE, image_valid])
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng((self.seed, self.epoch, index, draw))
             image, planes = self.augment(image, planes, rng)
         image = (image - self.mean) / self.std
         image[:, ~planes[2]] = 0.0

@@ -211,15 +211,17 @@ def make_chips(footprint, background, hard):
 def test_balanced_sampler_draws_the_footprint_share_and_favours_hard_negatives():
     chips = make_chips(10, 90, 10)
     sampler = BalancedChipSampler(chips, footprint_share=0.5, hard_negative_weight=3.0, num_samples=20000, seed=1)
-    drawn = np.array(list(sampler))
+    queries = list(sampler)
+    assert [draw for _, draw in queries] == list(range(20000))
+    drawn = np.array([index for index, _ in queries])
     footprint = np.array([c.is_footprint for c in chips])[drawn]
     hard = np.array([c.hard_negative for c in chips])[drawn]
     assert footprint.mean() == pytest.approx(0.5, abs=0.02)
     assert hard.sum() / 10 == pytest.approx(3.0 * (~footprint & ~hard).sum() / 80, rel=0.1)
     sampler.set_epoch(1)
-    assert list(sampler) != drawn.tolist()
+    assert list(sampler) != queries
     sampler.set_epoch(0)
-    assert list(sampler) == drawn.tolist()
+    assert list(sampler) == queries
 
 
 def test_chip_budget_is_balanced_nested_and_seeded():
@@ -251,6 +253,7 @@ def test_dataset_items_and_augmentation_keep_image_and_mask_aligned(tmp_path):
         seen.add(tuple(item["mask"][0].flatten().nonzero()[:3, 0].tolist()))
         assert torch.equal(dataset[0]["image"], item["image"])  # same seed, epoch, index -> same sample
     assert len(seen) > 1  # the flips/rotations did move the footprint
+    assert not torch.equal(dataset[(0, 1)]["image"], dataset[(0, 2)]["image"])  # two draws, two augmentations
 
 
 def test_dataset_normalises_zeroes_nodata_and_works_in_loader_workers(tmp_path):
