@@ -3,7 +3,7 @@
 Each size runs in a fresh subprocess (the CLI, as users run it); its peak RSS comes from the kernel's
 rusage for that child (os.wait4). Rasters are generated strip by strip in a temporary folder, deleted after.
 
-    python bench/infer_memory.py [--model BUNDLE] [--sizes 1000 4000 10000] [--tile N] [--threads N]
+    python bench/infer_memory.py [--model BUNDLE] [--sizes 1000 4000 10000] [--tile N] [--threshold P] [--threads N]
 """
 
 import argparse
@@ -38,6 +38,8 @@ def main():
     parser.add_argument("--model", default=str(paths.DEFAULT_MODEL))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 10000])
     parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="passed to segment; a high value keeps an untrained model's noise out of the polygons")
     parser.add_argument("--threads", type=int, default=None, help="OMP/torch threads of the child")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -51,8 +53,9 @@ def main():
             raster = write_s2_like_raster(Path(tmp) / f"scene_{size}.tif", size)
             command = [sys.executable, "-m", "model_core", "segment", str(raster), "--model", args.model,
                        "--out-dir", str(Path(tmp) / "out"), "--quiet", "--device", "cpu"]
-            if args.tile:
-                command += ["--tile", str(args.tile)]
+            for option, value in (("--tile", args.tile), ("--threshold", args.threshold)):
+                if value is not None:
+                    command += [option, str(value)]
             rss, seconds = peak_rss_mb(command, env)
         first = first or rss
         print(f"{size:>7}{size * size / 1e6:8.1f}{seconds:9.1f}{rss:13.1f}{rss / first:9.2f}x", flush=True)
