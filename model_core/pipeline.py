@@ -67,25 +67,25 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
         raise InputError(f"unknown probability format {prob_format!r}; use one of {', '.join(PROB_FORMATS)}")
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    staged = StagedOutputs({"prob": prob_path, "mask": mask_path, "footprints": footprints_path},
-                           overwrite=overwrite, protected=[input_path])
-    bundle = model if isinstance(model, Bundle) else load_bundle(model)
-    spec = bundle.spec
-    tile, overlap, threshold, min_area_ha = _check_parameters(
-        tile or spec.tile_size, spec.overlap if overlap is None else overlap, batch,
-        spec.threshold if threshold is None else threshold, spec.min_area_ha if min_area_ha is None else min_area_ha)
-    with open_raster(input_path) as src:
-        window = window_for_bounds(src, bounds)
-        check_crs_convertible(src.crs, src.xy(window.row_off + window.height // 2,
-                                               window.col_off + window.width // 2))
-        band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
-        radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
-    device_info = resolve_device(device)
-    log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
-    log(f"reflectance = DN * {radiometry.scale} + {radiometry.offset} ({radiometry_reason})")
-    log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, "
-        f"batch {batch}")
-    with staged:
+    with StagedOutputs({"prob": prob_path, "mask": mask_path, "footprints": footprints_path},
+                       overwrite=overwrite, protected=[input_path]) as staged:
+        bundle = model if isinstance(model, Bundle) else load_bundle(model)
+        spec = bundle.spec
+        tile, overlap, threshold, min_area_ha = _check_parameters(
+            tile or spec.tile_size, spec.overlap if overlap is None else overlap, batch,
+            spec.threshold if threshold is None else threshold,
+            spec.min_area_ha if min_area_ha is None else min_area_ha)
+        with open_raster(input_path) as src:
+            window = window_for_bounds(src, bounds)
+            check_crs_convertible(src.crs, src.xy(window.row_off + window.height // 2,
+                                                   window.col_off + window.width // 2))
+            band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
+            radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
+        device_info = resolve_device(device)
+        log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
+        log(f"reflectance = DN * {radiometry.scale} + {radiometry.offset} ({radiometry_reason})")
+        log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, "
+            f"batch {batch}")
         predict_raster(input_path, bundle, staged.temp["prob"], device=device_info, tile=tile, overlap=overlap,
                        batch=batch, band_index=band_index, radiometry=radiometry, window=window,
                        mask_path=staged.temp["mask"], threshold=threshold, prob_format=prob_format,
@@ -105,7 +105,8 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
 
 class StagedOutputs:
     """Outputs written under temporary names in their destination folders, renamed to their final names by
-    :meth:`commit`; any exception inside the ``with`` block (including a cancel) removes the temporaries.
+    :meth:`commit`. Leaving the ``with`` block removes the temporaries; on an exception (including a cancel) it
+    also removes the folders it had to create, if still empty.
 
     ``paths`` maps a role to its final path. Missing or duplicate paths, existing files (unless ``overwrite``),
     paths that are ``protected`` (the input) and folders that cannot be written are refused here, before any work.
@@ -127,19 +128,19 @@ class StagedOutputs:
             if path.exists() and not overwrite:
                 raise OutputError(f"output {path} already exists; choose another output or allow overwriting "
                                   f"(--overwrite)")
-        self.temp = {}
+        self.temp, self.created_folders = {}, []
         try:
             for role, path in self.final.items():
-                self.temp[role] = _reserve_temp_name(path)
+                self.temp[role] = self._reserve_temp_name(path)
         except BaseException:
-            self._remove_temps()
+            self._clean_up(failed=True)
             raise
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, traceback):
-        self._remove_temps()
+        self._clean_up(failed=exc_type is not None)
         return False
 
     def commit(self):
@@ -150,27 +151,32 @@ class StagedOutputs:
                 raise OutputError(f"cannot write {path} ({error.strerror}); check the folder's permissions "
                                   f"or choose another output") from error
 
-    def _remove_temps(self):
+    def _reserve_temp_name(self, final):
+        """A fresh hidden file name next to ``final`` with the same suffix, proving the folder can be written
+        (creating it if needed). The name is left free so any driver can create the file."""
+        missing = [folder for folder in (final.parent, *final.parent.parents) if not folder.exists()]
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.created_folders += [folder for folder in missing if folder not in self.created_folders]
+            handle, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}",
+                                            dir=final.parent)
+        except OSError as error:
+            raise OutputError(f"cannot write to folder {final.parent} ({error.strerror}); choose a folder you can "
+                              f"write to") from error
+        os.close(handle)
+        os.unlink(name)
+        return Path(name)
+
+    def _clean_up(self, failed):
         for temp in self.temp.values():
             for leftover in (temp, *(temp.with_name(temp.name + side) for side in ("-journal", "-wal", "-shm",
                                                                                       ".aux.xml"))):
                 if leftover.exists():
                     leftover.unlink()
-
-
-def _reserve_temp_name(final):
-    """A fresh hidden file name next to ``final`` with the same suffix; fails with OutputError if the folder
-    cannot be created or written. The name is left free so any driver can create the file."""
-    folder = final.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=folder)
-    except OSError as error:
-        raise OutputError(f"cannot write to folder {folder} ({error.strerror}); choose a folder you can write to"
-                          ) from error
-    os.close(handle)
-    os.unlink(name)
-    return Path(name)
+        if failed:
+            for folder in self.created_folders:  # deepest first
+                if folder.exists() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 def open_raster(path):
