@@ -1,0 +1,180 @@
+"""minec2f:segment - a multispectral raster to footprint probability, mask and polygons."""
+
+from pathlib import Path
+
+from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingOutputNumber, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterExtent, QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination)
+from qgis.PyQt.QtGui import QIcon
+
+from ..dependencies import missing_message, missing_requirements
+from ..layers import style_on_load
+from ..resources import FOOTPRINTS_STYLE, ICON_PATH, PROBABILITY_STYLE
+from .common import layer_file, require_engine
+
+DEVICES = [("auto", "Auto (GPU if available, else CPU)"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]
+
+HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
+scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
+<h3>Parameters</h3>
+<b>Multispectral raster</b>: a Sentinel-2, Landsat 7/8/9 or other scene with the model's bands (the bundled model \
+needs blue, green, red, NIR, SWIR1, SWIR2), saved as a file (GeoTIFF, VRT, ...). Any CRS.
+<b>Model bundle</b>: a MineC2F .safetensors file; empty uses the model bundled with the plugin.
+<b>Band mapping</b>: which raster band feeds each model band, e.g. <code>B02=1,B03=2,B04=3,B08=4,B11=5,B12=6</code>. \
+Empty: bands are matched by their descriptions (B02, Blue, SR_B2, ...) or by the standard Sentinel-2 / Landsat band \
+order.
+<b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one, else the CPU.
+<b>Probability threshold</b>: pixels at or above it become footprint (0-1). Lower finds more, with more false \
+alarms. Not set: the model's recommended value.
+<b>Minimum footprint area (ha)</b>: smaller polygons and holes are dropped. Not set: the model's value.
+<b>Tile size / overlap (pixels)</b>: the scene is processed in overlapping tiles, blended without seams. Not set: \
+the model's values. Larger tiles are faster on a GPU and need more memory.
+<b>Extent</b>: only segment inside this extent (any CRS; it is transformed to the raster's). Not set: whole raster.
+<h3>Outputs</h3>
+<b>Footprint probability</b>: GeoTIFF on the input's grid, 0-254 = probability 0-1, 255 = nodata.
+<b>Footprint mask</b>: GeoTIFF, 1 = footprint, 0 = background, 255 = nodata.
+<b>Mining footprints</b>: GeoPackage polygons with area_ha (true area), perimeter_m, mean_prob, max_prob, model \
+and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and scripts."""
+
+
+class SegmentAlgorithm(QgsProcessingAlgorithm):
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    DEVICE = "DEVICE"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA_HA = "MIN_AREA_HA"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    EXTENT = "EXTENT"
+    OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    OUTPUT_MASK = "OUTPUT_MASK"
+    OUTPUT_FOOTPRINTS = "OUTPUT_FOOTPRINTS"
+    FOOTPRINT_COUNT = "FOOTPRINT_COUNT"
+    TOTAL_AREA_HA = "TOTAL_AREA_HA"
+
+    def name(self):
+        return "segment"
+
+    def displayName(self):
+        return "Segment mining footprints"
+
+    def shortDescription(self):
+        return "Mining footprint probability, mask and polygons from a multispectral raster"
+
+    def shortHelpString(self):
+        return HELP
+
+    def icon(self):
+        return QIcon(str(ICON_PATH))
+
+    def createInstance(self):
+        return SegmentAlgorithm()
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Multispectral raster"))
+        self.addParameter(QgsProcessingParameterFile(
+            self.MODEL, "Model bundle (empty: the bundled model)", extension="safetensors", optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS, "Band mapping, e.g. B02=1,B03=2,... (empty: automatic)", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, "Device", options=[label for _, label in DEVICES], defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.THRESHOLD, "Probability threshold (not set: the model's)", QgsProcessingParameterNumber.Double,
+            optional=True, minValue=0.0, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.MIN_AREA_HA, "Minimum footprint area in hectares (not set: the model's)",
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+        for name, label, minimum in ((self.TILE_SIZE, "Tile size in pixels (not set: the model's)", 32),
+                                     (self.OVERLAP, "Tile overlap in pixels (not set: the model's)", 0)):
+            parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
+                                                     optional=True, minValue=minimum)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, "Only segment inside this extent", optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Footprint probability"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, "Footprint mask"))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            self.OUTPUT_FOOTPRINTS, "Mining footprints", QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputNumber(self.FOOTPRINT_COUNT, "Number of footprints"))
+        self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA_HA, "Total footprint area (ha)"))
+
+    def checkParameterValues(self, parameters, context):
+        missing = missing_requirements()
+        if missing:
+            return False, missing_message(missing)
+        try:
+            self._band_mapping(parameters, context)
+        except QgsProcessingException as error:
+            return False, str(error)
+        return super().checkParameterValues(parameters, context)
+
+    def processAlgorithm(self, parameters, context, feedback):
+        require_engine()
+        from model_core.errors import MineC2FError
+        from model_core.paths import DEFAULT_MODEL
+        from model_core.pipeline import segment_scene
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        input_path = layer_file(layer, self.INPUT)
+        model = self.parameterAsFile(parameters, self.MODEL, context) or DEFAULT_MODEL
+        bounds = None
+        if parameters.get(self.EXTENT) is not None:
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        outputs = {name: self._output_path(parameters, name, context, suffixes)
+                   for name, suffixes in ((self.OUTPUT_PROBABILITY, (".tif", ".tiff")),
+                                          (self.OUTPUT_MASK, (".tif", ".tiff")),
+                                          (self.OUTPUT_FOOTPRINTS, (".gpkg",)))}
+        try:
+            result = segment_scene(
+                input_path, model, outputs[self.OUTPUT_PROBABILITY], outputs[self.OUTPUT_MASK],
+                outputs[self.OUTPUT_FOOTPRINTS],
+                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
+                tile=self._optional_number(parameters, self.TILE_SIZE, context, int),
+                overlap=self._optional_number(parameters, self.OVERLAP, context, int),
+                threshold=self._optional_number(parameters, self.THRESHOLD, context, float),
+                min_area_ha=self._optional_number(parameters, self.MIN_AREA_HA, context, float),
+                band_mapping=self._band_mapping(parameters, context), bounds=bounds,
+                overwrite=True,  # Processing's file dialogs already asked; temporary outputs are fresh names
+                progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+        except MineC2FError as error:
+            raise QgsProcessingException(str(error)) from error
+        feedback.pushInfo(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha "
+                          f"(device: {result.device_name})")
+        for name, style in ((self.OUTPUT_PROBABILITY, PROBABILITY_STYLE), (self.OUTPUT_FOOTPRINTS, FOOTPRINTS_STYLE)):
+            style_on_load(context, str(outputs[name]), style)
+        return {self.OUTPUT_PROBABILITY: str(result.prob_path), self.OUTPUT_MASK: str(result.mask_path),
+                self.OUTPUT_FOOTPRINTS: str(result.footprints_path),
+                self.FOOTPRINT_COUNT: result.footprint_count, self.TOTAL_AREA_HA: result.total_area_ha}
+
+    def _optional_number(self, parameters, name, context, kind):
+        """The parameter as ``kind``, or None when it is not set (the engine then uses the model's value)."""
+        if parameters.get(name) in (None, ""):
+            return None
+        value = self.parameterAsDouble(parameters, name, context)
+        return kind(value)
+
+    def _band_mapping(self, parameters, context):
+        text = self.parameterAsString(parameters, self.BANDS, context).strip()
+        if not text:
+            return None
+        from model_core.bands import parse_band_mapping
+        from model_core.errors import InputError
+
+        try:
+            return parse_band_mapping(text)
+        except InputError as error:
+            raise QgsProcessingException(f"{self.BANDS}: {error}") from error
+
+    def _output_path(self, parameters, name, context, suffixes):
+        """The destination file of output ``name``; the engine writes GeoTIFF and GeoPackage files only."""
+        path = self.parameterAsOutputLayer(parameters, name, context)
+        if not path.lower().endswith(suffixes):
+            raise QgsProcessingException(f"{name}: {path} is not a {' or '.join(suffixes)} file; the output is "
+                                         f"written as {suffixes[0][1:].upper()}, give a file name ending in "
+                                         f"{suffixes[0]}")
+        return Path(path)

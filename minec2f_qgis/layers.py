@@ -1,0 +1,59 @@
+"""Loading MineC2F results into the project, styled from resources/styles."""
+
+from qgis.core import (QgsCoordinateTransform, QgsProcessingLayerPostProcessorInterface, QgsProject,
+                       QgsRasterLayer, QgsVectorLayer)
+
+from .resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
+
+FOOTPRINTS_LAYER_NAME = "Mining footprints"
+PROBABILITY_LAYER_NAME = "Footprint probability"
+
+# Processing keeps only a C++ pointer to a post-processor: the Python objects must outlive the run.
+_post_processors = {}
+
+
+class _ApplyStyle(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, style):
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API)
+        apply_style(layer, self.style)
+
+
+def apply_style(layer, style):
+    """Load the .qml ``style`` into ``layer``; raise ValueError if QGIS refuses it."""
+    message, ok = layer.loadNamedStyle(str(style))
+    if not ok:
+        raise ValueError(f"cannot apply style {style}: {message}")
+    layer.triggerRepaint()
+
+
+def style_on_load(context, path, style):
+    """Style the layer Processing loads from ``path`` when the algorithm finishes (dialog runs), if it loads one."""
+    if context.willLoadLayerOnCompletion(path):
+        _post_processors[path] = _ApplyStyle(style)
+        context.layerToLoadOnCompletionDetails(path).setPostProcessor(_post_processors[path])
+
+
+def add_results(input_name, prob_path, footprints_path, project=None, canvas=None):
+    """Add the probability raster and the footprint polygons, styled, in a new group named ``input_name`` at the
+    top of the layer tree; zoom ``canvas`` to them when they are outside its view. Returns (group, layers)."""
+    project = project or QgsProject.instance()
+    footprints = QgsVectorLayer(f"{footprints_path}|layername=footprints", FOOTPRINTS_LAYER_NAME, "ogr")
+    probability = QgsRasterLayer(str(prob_path), PROBABILITY_LAYER_NAME)
+    for layer in (footprints, probability):
+        if not layer.isValid():
+            raise ValueError(f"cannot load {layer.source()}; the file is missing or unreadable")
+    group = project.layerTreeRoot().insertGroup(0, input_name)
+    for layer, style in ((footprints, FOOTPRINTS_STYLE), (probability, PROBABILITY_STYLE)):
+        apply_style(layer, style)
+        project.addMapLayer(layer, False)
+        group.addLayer(layer)
+    if canvas is not None:
+        to_canvas = QgsCoordinateTransform(probability.crs(), canvas.mapSettings().destinationCrs(), project)
+        extent = to_canvas.transformBoundingBox(probability.extent())
+        if not canvas.extent().intersects(extent):
+            canvas.setExtent(extent)
+        canvas.refresh()
+    return group, [footprints, probability]
