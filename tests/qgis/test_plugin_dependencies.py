@@ -1,0 +1,95 @@
+"""Missing engine packages: the plugin still loads, says what is missing with the pip command for QGIS's
+Python, runs pip only on the user's yes, and the algorithm reports the same message instead of failing obscurely."""
+
+import sys
+
+import pytest
+from qgis.core import QgsProcessingException
+from qgis.PyQt.QtWidgets import QMessageBox
+
+import processing
+from minec2f_qgis import dependencies
+
+
+@pytest.fixture
+def torch_missing(monkeypatch):
+    """Make ``import torch`` fail as if torch were not installed."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+@pytest.fixture
+def question(monkeypatch):
+    """Record QMessageBox.question calls and answer with ``question.answer``."""
+    class Recorder:
+        answer = QMessageBox.No
+        calls = []
+
+        def __call__(self, parent, title, text, *args):
+            self.calls.append(text)
+            return self.answer
+
+    recorder = Recorder()
+    monkeypatch.setattr(QMessageBox, "question", recorder)
+    return recorder
+
+
+@pytest.fixture
+def installs(monkeypatch):
+    """Record what the plugin asks pip to install (nothing is installed)."""
+    calls = []
+    monkeypatch.setattr(dependencies, "install", lambda requirements: calls.append(requirements) or (True, "ok"))
+    return calls
+
+
+def test_missing_package_is_named_with_the_pip_command(torch_missing):
+    message = dependencies.missing_message(dependencies.missing_requirements())
+    assert dependencies.missing_requirements() == ["torch"]
+    assert "missing from this QGIS: torch." in message
+    assert dependencies.format_command(dependencies.pip_command(["torch"])) in message
+
+
+def test_pip_targets_the_python_qgis_runs(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "executable", "/opt/qgis/bin/qgis")
+    monkeypatch.setattr(sys, "exec_prefix", str(tmp_path))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / version).touch()
+    assert dependencies.pip_command(["torch"])[:4] == [str(tmp_path / "bin" / version), "-m", "pip", "install"]
+
+
+def test_plugin_loads_asks_once_and_installs_nothing_without_consent(qgis_iface, qgis_processing, torch_missing,
+                                                                     question, installs):
+    from minec2f_qgis import classFactory
+
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        assert len(question.calls) == 1 and "pip install" in question.calls[0]
+        assert installs == []
+        assert plugin.provider.algorithm("segment") is not None  # the provider stays registered
+    finally:
+        plugin.unload()
+
+
+def test_consent_runs_pip_for_the_missing_packages(qgis_iface, qgis_processing, torch_missing, question,
+                                                   installs):
+    from qgis.core import QgsApplication
+
+    from minec2f_qgis import classFactory
+
+    question.answer = QMessageBox.Yes
+    plugin = classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        plugin.install_task.waitForFinished(10000)
+        QgsApplication.processEvents()
+        assert installs == [["torch"]]
+    finally:
+        plugin.unload()
+
+
+def test_algorithm_reports_missing_packages(plugin, torch_missing, tmp_path):
+    with pytest.raises(QgsProcessingException, match="pip install"):
+        processing.run("minec2f:segment", {"INPUT": str(tmp_path / "scene.tif"),
+                                           "OUTPUT_PROBABILITY": "TEMPORARY_OUTPUT",
+                                           "OUTPUT_MASK": "TEMPORARY_OUTPUT", "OUTPUT_FOOTPRINTS": "TEMPORARY_OUTPUT"})

@@ -1,0 +1,150 @@
+"""minec2f:segment through processing.run: outputs, counts and areas on a scene with known footprints, model
+defaults, extent, cancel, bad inputs, and use inside a Processing model."""
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import BLOCK_AREAS_HA, BLOCKS, MODEL_BANDS
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProcessingException,
+                       QgsProcessingFeedback, QgsProject, QgsRasterDataProvider, QgsRasterLayer, QgsRectangle,
+                       QgsVectorLayer)
+
+import processing
+
+TEMP = "TEMPORARY_OUTPUT"
+
+
+def run_segment(**parameters):
+    defaults = {"OUTPUT_PROBABILITY": TEMP, "OUTPUT_MASK": TEMP, "OUTPUT_FOOTPRINTS": TEMP}
+    return processing.run("minec2f:segment", {**defaults, **parameters})
+
+
+def footprint_areas(path):
+    layer = QgsVectorLayer(f"{path}|layername=footprints", "footprints", "ogr")
+    assert layer.isValid()
+    return sorted(feature["area_ha"] for feature in layer.getFeatures())
+
+
+def test_segment_writes_known_footprints_with_model_defaults(plugin, known_scene, constant_bundle_path):
+    results = run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path))
+
+    assert results["FOOTPRINT_COUNT"] == 2
+    assert results["TOTAL_AREA_HA"] == pytest.approx(sum(BLOCK_AREAS_HA), rel=0.01)
+    assert footprint_areas(results["OUTPUT_FOOTPRINTS"]) == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
+    with rasterio.open(known_scene) as src, rasterio.open(results["OUTPUT_MASK"]) as mask_src, \
+            rasterio.open(results["OUTPUT_PROBABILITY"]) as prob_src:
+        assert (mask_src.transform, mask_src.shape, mask_src.crs) == (src.transform, src.shape, src.crs)
+        assert (prob_src.transform, prob_src.shape) == (src.transform, src.shape)
+        expected = np.full(src.shape, 255, dtype=np.uint8)
+        for rows, cols in BLOCKS:
+            expected[rows, cols] = 1
+        np.testing.assert_array_equal(mask_src.read(1), expected)
+        prob = prob_src.read(1)
+        assert (prob[expected == 1] >= 250).all() and (prob[expected == 255] == 255).all()
+
+
+def test_parameters_override_model_defaults(plugin, known_scene, constant_bundle_path):
+    results = run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), MIN_AREA_HA=5.0,
+                          THRESHOLD=0.3, TILE_SIZE=32, OVERLAP=8, DEVICE=1,
+                          BANDS=",".join(f"{name}={i}" for i, (name, _) in enumerate(MODEL_BANDS, start=1)))
+
+    assert results["FOOTPRINT_COUNT"] == 1
+    assert results["TOTAL_AREA_HA"] == pytest.approx(BLOCK_AREAS_HA[0], rel=0.01)
+
+
+def test_extent_in_another_crs_limits_the_segmented_area(plugin, known_scene, constant_bundle_path):
+    # The second block only (rows 60-80, cols 60-80 at 10 m from (500000, 5800000)), given in WGS 84.
+    block = QgsRectangle(500000 + 55 * 10, 5800000 - 85 * 10, 500000 + 85 * 10, 5800000 - 55 * 10)
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    extent = to_wgs84.transformBoundingBox(block)
+    extent_text = (f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} "
+                   f"[EPSG:4326]")
+
+    results = run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), EXTENT=extent_text)
+
+    assert results["FOOTPRINT_COUNT"] == 1
+    assert results["TOTAL_AREA_HA"] == pytest.approx(BLOCK_AREAS_HA[1], rel=0.01)
+
+
+def test_cancel_leaves_no_output(plugin, known_scene, constant_bundle_path, tmp_path):
+    class CancelOnFirstProgress(QgsProcessingFeedback):
+        def setProgress(self, progress):  # noqa: N802 (QGIS API)
+            super().setProgress(progress)
+            self.cancel()
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(QgsProcessingException, match="[Cc]ancel"):
+        processing.run("minec2f:segment", {
+            "INPUT": str(known_scene), "MODEL": str(constant_bundle_path),
+            "OUTPUT_PROBABILITY": str(out / "prob.tif"), "OUTPUT_MASK": str(out / "mask.tif"),
+            "OUTPUT_FOOTPRINTS": str(out / "footprints.gpkg")}, feedback=CancelOnFirstProgress())
+    assert list(out.iterdir()) == []
+
+
+def test_vector_input_is_refused(plugin, tmp_path, constant_bundle_path):
+    vector = QgsVectorLayer("Polygon?crs=EPSG:32633", "polygons", "memory")
+    with pytest.raises(QgsProcessingException, match="INPUT"):
+        run_segment(INPUT=vector, MODEL=str(constant_bundle_path))
+
+
+def test_one_band_raster_names_the_missing_bands(plugin, make_raster, constant_bundle_path):
+    one_band = make_raster("one_band.tif", np.full((32, 32), 1500, dtype=np.uint16))
+    with pytest.raises(QgsProcessingException, match="B03"):
+        run_segment(INPUT=str(one_band), MODEL=str(constant_bundle_path))
+
+
+def test_unwritable_output_is_refused_before_any_work(plugin, known_scene, constant_bundle_path, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder is expected")
+    with pytest.raises(QgsProcessingException, match="cannot write"):
+        run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path),
+                    OUTPUT_FOOTPRINTS=str(blocker / "footprints.gpkg"))
+
+
+def test_virtual_raster_layer_is_refused_with_how_to_export_it(plugin, known_scene, constant_bundle_path):
+    parameters = QgsRasterDataProvider.VirtualRasterParameters()
+    parameters.crs = QgsCoordinateReferenceSystem("EPSG:32633")
+    parameters.extent = QgsRectangle(500000, 5800000 - 960, 500000 + 960, 5800000)
+    parameters.width = parameters.height = 96
+    parameters.formula = '"scene@1" * 2'
+    scene = QgsRasterDataProvider.VirtualRasterInputLayers()
+    scene.name, scene.uri, scene.provider = "scene", str(known_scene), "gdal"
+    parameters.rInputLayers = [scene]
+    virtual = QgsRasterLayer(QgsRasterDataProvider.encodeVirtualRasterProviderUri(parameters), "doubled",
+                             "virtualraster")
+    assert virtual.isValid()
+    QgsProject.instance().addMapLayer(virtual)
+    try:
+        with pytest.raises(QgsProcessingException, match="'doubled' .* is not a raster file on disk; save it as"):
+            run_segment(INPUT=virtual.id(), MODEL=str(constant_bundle_path))
+    finally:
+        QgsProject.instance().removeMapLayer(virtual.id())
+
+
+def test_bad_band_mapping_fails_validation(plugin, known_scene, constant_bundle_path):
+    with pytest.raises(QgsProcessingException, match="BANDS"):
+        run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), BANDS="B02=one")
+
+
+def test_runs_inside_a_processing_model(plugin, known_scene, constant_bundle_path):
+    from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
+                           QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
+                           QgsProcessingModelParameter, QgsProcessingParameterRasterLayer)
+
+    model = QgsProcessingModelAlgorithm("segment in a model", "tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("scene", "Scene"), QgsProcessingModelParameter("scene"))
+    child = QgsProcessingModelChildAlgorithm("minec2f:segment")
+    child.setChildId("segment")
+    child.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("scene")])
+    child.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue(
+        str(constant_bundle_path))])
+    output = QgsProcessingModelOutput("footprints", "Footprints")
+    output.setChildOutputName("OUTPUT_FOOTPRINTS")
+    child.setModelOutputs({"footprints": output})
+    model.addChildAlgorithm(child)
+
+    results = processing.run(model, {"scene": str(known_scene), "segment:footprints": TEMP})
+
+    assert footprint_areas(results["segment:footprints"]) == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
