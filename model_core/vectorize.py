@@ -51,11 +51,23 @@ def to_lonlat(geoms, crs):
 
 def geodesic_area_perimeter(geoms, crs):
     """Geodesic areas (m²) and perimeters (m) on the WGS84 ellipsoid of polygons given in ``crs``."""
-    lonlat = shapely.orient_polygons(to_lonlat(geoms, crs))  # Geod wants exteriors counter-clockwise
-    measures = [_WGS84.geometry_area_perimeter(g) for g in lonlat]
+    measures = [_WGS84.geometry_area_perimeter(_orient_for_geod(g)) for g in to_lonlat(geoms, crs)]
     areas = np.array([a for a, _ in measures], dtype=float)
     perimeters = np.array([p for _, p in measures], dtype=float)
     return areas, perimeters
+
+
+def _orient_for_geod(geom):
+    """``geom`` with exterior rings counter-clockwise and holes clockwise, as pyproj's Geod wants.
+
+    Not ``shapely.orient_polygons``: it needs GEOS >= 3.12, and inside QGIS (whose GEOS, 3.11 on Debian 12, shadows
+    the one bundled with shapely) it crashes the process."""
+    if geom.geom_type == "MultiPolygon":
+        return shapely.multipolygons([_orient_for_geod(part) for part in geom.geoms])
+    if geom.geom_type != "Polygon" or geom.is_empty:
+        return geom
+    shell = geom.exterior if geom.exterior.is_ccw else geom.exterior.reverse()
+    return Polygon(shell, [ring.reverse() if ring.is_ccw else ring for ring in geom.interiors])
 
 
 def check_crs_convertible(crs, point):
