@@ -1,0 +1,84 @@
+"""Synthetic scenes: deterministic, realistic enough to train on, with fine and coarse labels."""
+
+import numpy as np
+import pytest
+import rasterio
+
+from model_core.synthetic import BAND_NAMES, CLASSES, DomainShift, make_scene, write_scene
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene(256, seed=7, mines=2)
+
+
+def reflectance(scene):
+    return scene.image.astype(np.float32) / 10000.0
+
+
+def test_deterministic_and_varied():
+    a, b = make_scene(128, seed=1), make_scene(128, seed=1)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.fine, b.fine)
+    assert not np.array_equal(a.image, make_scene(128, seed=2).image)
+
+
+def test_layout_and_types(scene):
+    assert scene.image.shape == (12, 256, 256) and scene.image.dtype == np.uint16
+    assert scene.band_names == BAND_NAMES and BAND_NAMES[8] == "B8A" and "B10" not in BAND_NAMES
+    assert scene.fine.dtype == np.uint8 and set(np.unique(scene.fine)) <= {0, 1}
+    assert scene.image.min() >= 1  # 0 is reserved for nodata
+
+
+def test_fine_inside_coarse_and_coarse_larger(scene):
+    fine, coarse = scene.fine.astype(bool), scene.coarse.astype(bool)
+    assert fine.sum() > 200
+    assert coarse.sum() > 1.3 * fine.sum()
+    assert (fine & coarse).sum() / fine.sum() > 0.6
+
+
+def test_spectra_are_plausible(scene):
+    refl = reflectance(scene)
+    red, nir, swir1 = refl[3], refl[7], refl[10]
+    ndvi = (nir - red) / (nir + red)
+    kinds = scene.kinds
+    assert np.median(ndvi[kinds == CLASSES.index("forest")]) > 0.5
+    assert np.median(nir[kinds == CLASSES.index("water")]) < 0.05
+    assert np.median(swir1[scene.fine == 1]) > 0.2
+
+
+def test_hard_negatives_are_mine_like_but_unlabelled():
+    scene = make_scene(256, seed=11, mines=1, shift=DomainShift(landscape="arid"))
+    bare = scene.kinds == CLASSES.index("natural_bare")
+    assert bare.sum() > 1000 and not scene.fine[bare].any()
+    swir1 = reflectance(scene)[10]
+    assert abs(np.median(swir1[bare]) - np.median(swir1[scene.fine == 1])) < 0.1
+
+
+def test_offset_and_domain_shift():
+    plain = make_scene(128, seed=3, mines=1)
+    offset = make_scene(128, seed=3, mines=1, l2a_offset=True)
+    assert np.allclose(offset.image.astype(int) - plain.image.astype(int), 1000, atol=1)
+    hazy = make_scene(128, seed=3, mines=1, shift=DomainShift(haze=0.05, gain=1.1))
+    assert hazy.image[1].mean() > plain.image[1].mean() * 1.2
+    assert np.array_equal(hazy.fine, plain.fine)
+
+
+def test_no_mines_means_empty_labels():
+    scene = make_scene(128, seed=5, mines=0)
+    assert scene.fine.sum() == 0 and scene.coarse.sum() == 0
+
+
+def test_write_scene_is_georeferenced_and_polygons_match(tmp_path, scene):
+    from osgeo import ogr
+
+    paths = write_scene(scene, tmp_path, "s")
+    with rasterio.open(paths["image"]) as src:
+        assert src.count == 12 and src.crs.to_epsg() == 32633 and src.transform == scene.transform
+        assert src.descriptions == BAND_NAMES and src.nodata == 0
+        assert src.tags(12)["wavelength_nm"] == "2190"
+        assert np.array_equal(src.read(), scene.image)
+    with rasterio.open(paths["fine_mask"]) as src:
+        assert np.array_equal(src.read(1), scene.fine)
+    source = ogr.Open(str(paths["fine_polygons"]))  # keep the data source alive while its layer is read
+    area = sum(feature.GetGeometryRef().GetArea() for feature in source.GetLayer(0))
+    assert area == pytest.approx(scene.fine.sum() * 100.0)
