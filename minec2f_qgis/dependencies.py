@@ -4,6 +4,7 @@ into the Python QGIS runs on.
 Nothing here imports the packages themselves (torch takes seconds to import); they are only looked up.
 """
 
+import ctypes
 import importlib.util
 import os
 import subprocess
@@ -19,6 +20,8 @@ REQUIRED = {
     "safetensors": "safetensors",
     "shapely": "shapely>=2",
 }
+# shapely 2.0 wheels bundle GEOS 3.11, the oldest GEOS that QGIS 3.22 ships with on current Linux distributions.
+SHAPELY_FOR_OLD_GEOS = "shapely>=2,<2.1"
 
 
 def _is_installed(module):
@@ -29,8 +32,34 @@ def _is_installed(module):
 
 
 def missing_requirements():
-    """pip requirements of the engine's packages that cannot be imported, in REQUIRED order."""
-    return [requirement for module, requirement in REQUIRED.items() if not _is_installed(module)]
+    """pip requirements to install: packages that cannot be imported, in REQUIRED order, and :func:`shapely_clash`."""
+    missing = [requirement for module, requirement in REQUIRED.items() if not _is_installed(module)]
+    if "shapely>=2" not in missing and shapely_clash():
+        missing.append(SHAPELY_FOR_OLD_GEOS)
+    return missing
+
+
+def process_geos_version():
+    """(major, minor) of the GEOS in the process's global symbol scope, or None. On Linux the QGIS application
+    and qgis_process link GEOS there, and it then takes precedence over the GEOS bundled in shapely's wheel."""
+    try:
+        version = ctypes.CDLL(None).GEOSversion
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows, where symbols never clash
+        return None
+    version.restype = ctypes.c_char_p
+    major, minor = version().decode().split(".")[:2]
+    return int(major), int(minor)
+
+
+def shapely_clash():
+    """True when the installed shapely bundles a newer GEOS than the process provides: its newer functions would
+    then run on geometries built by the older GEOS and crash QGIS (shapely 2.1 with QGIS 3.22 on Debian 12)."""
+    process_geos = process_geos_version()
+    if process_geos is None or not _is_installed("shapely"):
+        return False
+    import shapely
+
+    return tuple(shapely.geos_version[:2]) > process_geos
 
 
 def qgis_python():
@@ -63,9 +92,14 @@ def format_command(command):
 
 
 def missing_message(requirements):
-    """The one-line explanation shown when ``requirements`` are missing."""
-    return (f"MineC2F needs Python packages missing from this QGIS: {', '.join(requirements)}. "
-            f"Install them with: {format_command(pip_command(requirements))} (then restart QGIS)")
+    """The one-line explanation shown when ``requirements`` must be installed."""
+    missing = [requirement for requirement in requirements if requirement != SHAPELY_FOR_OLD_GEOS]
+    parts = [f"MineC2F needs Python packages missing from this QGIS: {', '.join(missing)}."] if missing else []
+    if SHAPELY_FOR_OLD_GEOS in requirements:
+        parts.append(f"The installed shapely bundles a newer GEOS than this QGIS and would crash it; MineC2F needs "
+                     f"{SHAPELY_FOR_OLD_GEOS} here.")
+    parts.append(f"Install with: {format_command(pip_command(requirements))} (then restart QGIS)")
+    return " ".join(parts)
 
 
 def install(requirements):

@@ -185,7 +185,7 @@ class MineC2FDock(QgsDockWidget):
         self.band_status.clear()
         if entry is None or entry.spec is None or layer is None:
             return
-        band_names = [f"{i}: {layer.bandName(i)}" for i in range(1, layer.bandCount() + 1)]
+        band_names = [layer.bandName(i) for i in range(1, layer.bandCount() + 1)]
         matched = [None] * len(entry.spec.bands)
         try:
             path = layer_file(layer, "Raster")

@@ -53,4 +53,4 @@ def model_card(entry):
             ("Created", spec.created)]
     table = "".join(f"<tr><td><i>{key}</i>&nbsp;</td><td>{value}</td></tr>" for key, value in rows)
     description = f"<p>{spec.description}</p>" if spec.description else ""
-    return f"<b>{spec.name}</b>{description}<table>{table}</table><small>{entry.path}</small>"
+    return f"<b>{spec.name}</b>{description}<table>{table}</table><small>{entry.path.name}</small>"

@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingExcep
                        QgsProcessingOutputNumber, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination)
+                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import missing_message, missing_requirements
@@ -95,8 +95,11 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Only segment inside this extent", optional=True))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, "Footprint probability"))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, "Footprint mask"))
+        # Optional (created by default) so that `qgis_process run minec2f:segment -- INPUT=.. OUTPUT_FOOTPRINTS=..`
+        # works; when skipped they are written to Processing's temporary folder.
+        for name, label in ((self.OUTPUT_PROBABILITY, "Footprint probability"), (self.OUTPUT_MASK, "Footprint mask")):
+            self.addParameter(QgsProcessingParameterRasterDestination(name, label, optional=True,
+                                                                      createByDefault=True))
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT_FOOTPRINTS, "Mining footprints", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber(self.FOOTPRINT_COUNT, "Number of footprints"))
@@ -173,6 +176,8 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
     def _output_path(self, parameters, name, context, suffixes):
         """The destination file of output ``name``; the engine writes GeoTIFF and GeoPackage files only."""
         path = self.parameterAsOutputLayer(parameters, name, context)
+        if not path:  # an optional output the user skipped
+            return Path(QgsProcessingUtils.generateTempFilename(f"{name.lower()}{suffixes[0]}"))
         if not path.lower().endswith(suffixes):
             raise QgsProcessingException(f"{name}: {path} is not a {' or '.join(suffixes)} file; the output is "
                                          f"written as {suffixes[0][1:].upper()}, give a file name ending in "

@@ -93,3 +93,19 @@ def test_algorithm_reports_missing_packages(plugin, torch_missing, tmp_path):
         processing.run("minec2f:segment", {"INPUT": str(tmp_path / "scene.tif"),
                                            "OUTPUT_PROBABILITY": "TEMPORARY_OUTPUT",
                                            "OUTPUT_MASK": "TEMPORARY_OUTPUT", "OUTPUT_FOOTPRINTS": "TEMPORARY_OUTPUT"})
+
+
+def test_shapely_with_newer_geos_than_qgis_is_replaced(monkeypatch):
+    import shapely
+
+    monkeypatch.setattr(dependencies, "process_geos_version", lambda: (3, 11))
+    monkeypatch.setattr(shapely, "geos_version", (3, 13, 1))
+    assert dependencies.missing_requirements() == [dependencies.SHAPELY_FOR_OLD_GEOS]
+    assert "would crash it" in dependencies.missing_message(dependencies.missing_requirements())
+    monkeypatch.setattr(shapely, "geos_version", (3, 11, 4))
+    assert dependencies.missing_requirements() == []
+
+
+def test_python_host_has_no_geos_clash():
+    # pytest runs PyQGIS inside Python, which loads QGIS's libraries with local symbols: no clash possible.
+    assert dependencies.process_geos_version() is None

@@ -1,0 +1,98 @@
+"""The dock driven as a user would: pick the layer, see the band mapping and model card, click Run, wait for the
+background task, find the styled results in a group named after the input; cancel; a screenshot for the docs.
+
+Set MINEC2F_DOCK_SCREENSHOT=docs/dock.png to refresh the README's screenshot."""
+
+import os
+import time
+
+import pytest
+from conftest import MODEL_BANDS
+from qgis.core import (QgsApplication, QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
+                       QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer)
+
+from minec2f_qgis import models
+from minec2f_qgis.dock import MineC2FDock
+from minec2f_qgis.layers import FOOTPRINTS_LAYER_NAME, PROBABILITY_LAYER_NAME
+
+
+@pytest.fixture
+def dock(plugin, qgis_iface, known_scene, constant_bundle_path, tmp_path, monkeypatch):
+    """The dock with the known scene as the active layer and the constant bundle in the user models folder."""
+    user_models = tmp_path / "user_models"
+    user_models.mkdir()
+    (user_models / constant_bundle_path.name).write_bytes(constant_bundle_path.read_bytes())
+    monkeypatch.setattr(models, "user_models_dir", lambda: user_models)
+    QgsProject.instance().clear()
+    layer = QgsRasterLayer(str(known_scene), "Known scene")
+    QgsProject.instance().addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    widget = MineC2FDock(qgis_iface)
+    widget.refresh_models(select=user_models / constant_bundle_path.name)
+    widget.folder_widget.setFilePath(str(tmp_path / "results"))
+    yield widget
+    widget.deleteLater()
+    QgsProject.instance().clear()
+
+
+def wait_for_task(dock, timeout=60):
+    deadline = time.monotonic() + timeout
+    while dock.task is not None:
+        assert time.monotonic() < deadline, "the segmentation task did not finish"
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+
+
+def test_dock_shows_layer_model_card_and_band_mapping(dock):
+    assert dock.layer_box.currentLayer().name() == "Known scene"
+    assert "constant-test" in dock.card.text() and "val_iou 0.500" in dock.card.text()
+    assert dock.threshold_box.value() == 0.5 and dock.min_area_box.value() == 0.5
+    assert dock.band_mapping_text() == ",".join(f"{name}={i}" for i, (name, _) in enumerate(MODEL_BANDS, 1))
+    assert [dock.device_box.itemData(i) for i in range(dock.device_box.count())][:2] == ["auto", "cpu"]
+
+
+def test_run_adds_styled_results_in_a_group_named_after_the_input(dock, tmp_path):
+    dock.band_table.cellWidget(0, 1).setCurrentIndex(1)  # B02 <- band 1, as matched: an explicit choice works
+    dock.run_button.click()
+    assert not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    wait_for_task(dock)
+
+    assert "2 footprints, 16.0 ha" in dock.status.text()
+    group = QgsProject.instance().layerTreeRoot().children()[0]
+    assert isinstance(group, QgsLayerTreeGroup) and group.name() == "Known scene"
+    footprints, probability = (node.layer() for node in group.findLayers())
+    assert (footprints.name(), probability.name()) == (FOOTPRINTS_LAYER_NAME, PROBABILITY_LAYER_NAME)
+    assert footprints.featureCount() == 2 and not footprints.labelsEnabled()
+    assert isinstance(footprints.renderer(), QgsSingleSymbolRenderer)
+    assert isinstance(probability.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "known_scene_footprints.gpkg", "known_scene_mask.tif", "known_scene_prob.tif"]
+
+    dock.run_button.click()  # a second run keeps the first run's files
+    wait_for_task(dock)
+    assert (tmp_path / "results" / "known_scene_2_footprints.gpkg").exists()
+
+    dock.resize(440, 1000)
+    image = dock.grab()
+    assert not image.isNull()
+    image.save(os.environ.get("MINEC2F_DOCK_SCREENSHOT", str(tmp_path / "dock.png")))
+
+
+def test_cancel_adds_nothing(dock, tmp_path):
+    dock.run()
+    dock.cancel()
+    wait_for_task(dock)
+    assert "Cancelled" in dock.status.text()
+    assert QgsProject.instance().layerTreeRoot().findGroups() == []
+    assert not (tmp_path / "results").exists() or list((tmp_path / "results").iterdir()) == []
+
+
+def test_unmatched_bands_are_explained_and_must_be_chosen(dock, make_raster):
+    import numpy as np
+
+    layer = QgsRasterLayer(str(make_raster("plain.tif", np.ones((3, 32, 32), dtype=np.uint16))), "Plain")
+    QgsProject.instance().addMapLayer(layer)
+    dock.layer_box.setLayer(layer)
+    assert "B02" in dock.band_status.text()
+    dock.run_button.click()
+    assert "choose the raster band for model band B02" in dock.status.text() and dock.task is None

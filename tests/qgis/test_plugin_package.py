@@ -1,0 +1,61 @@
+"""End to end: scripts/package.sh builds the zip, the zip is unpacked into a fresh QGIS profile (temporary HOME)
+with the plugin enabled, and `qgis_process run minec2f:segment` segments the known scene headless with it."""
+
+import configparser
+import os
+import subprocess
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import BLOCK_AREAS_HA
+from qgis.core import QgsVectorLayer
+
+ROOT = Path(__file__).resolve().parents[2]
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's qgis_process wrapper adds a flag 3.22 rejects
+
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "minec2f_qgis.zip"
+    subprocess.run([str(ROOT / "scripts" / "package.sh"), str(out)], check=True, capture_output=True)
+    return out
+
+
+def test_zip_holds_one_plugin_folder_with_the_engine_and_resources(plugin_zip):
+    names = zipfile.ZipFile(plugin_zip).namelist()
+    assert {name.split("/")[0] for name in names} == {"minec2f_qgis"}
+    for required in ("__init__.py", "metadata.txt", "algorithms/segment.py", "model_core/pipeline.py",
+                     "model_core/paths.py", "resources/styles/probability.qml", "resources/icons/minec2f.png"):
+        assert f"minec2f_qgis/{required}" in names
+    assert not any("__pycache__" in name or name.endswith(".pyc") or "/tests/" in name or ".venv" in name
+                   for name in names)
+    metadata = configparser.ConfigParser()
+    metadata.read_string(zipfile.ZipFile(plugin_zip).read("minec2f_qgis/metadata.txt").decode())
+    assert metadata["general"]["qgisMinimumVersion"] == "3.22"
+    assert metadata["general"]["hasProcessingProvider"] == "yes"
+    assert f"minec2f_qgis/{metadata['general']['icon']}" in names
+
+
+@pytest.mark.skipif(not Path(QGIS_PROCESS).exists(), reason="qgis_process.bin is not installed")
+def test_qgis_process_segments_with_the_installed_plugin(plugin_zip, known_scene, constant_bundle_path, tmp_path):
+    home = tmp_path / "home"
+    profile = home / ".local/share/QGIS/QGIS3/profiles/default"
+    (profile / "QGIS").mkdir(parents=True)
+    (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\nminec2f_qgis=true\n")
+    zipfile.ZipFile(plugin_zip).extractall(profile / "python" / "plugins")
+    footprints = tmp_path / "out" / "footprints.gpkg"
+    # Only the venv's packages (torch, smp, ...) on the path: model_core must come from the installed plugin.
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "QT_QPA_PLATFORM": "offscreen",
+           "PYTHONPATH": sysconfig.get_paths()["purelib"], "LANG": "C.UTF-8"}
+
+    completed = subprocess.run(
+        [QGIS_PROCESS, "run", "minec2f:segment", "--", f"INPUT={known_scene}", f"MODEL={constant_bundle_path}",
+         f"OUTPUT_FOOTPRINTS={footprints}"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert "FOOTPRINT_COUNT:\t2" in completed.stdout
+    layer = QgsVectorLayer(f"{footprints}|layername=footprints", "footprints", "ogr")
+    assert sorted(f["area_ha"] for f in layer.getFeatures()) == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
