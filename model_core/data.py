@@ -115,9 +115,10 @@ class Chip:
 
 # ---------------------------------------------------------------------------------------------- polygons
 
-def read_polygons(path, layer=None, *, log=None):
+def read_polygons(path, layer=None, *, allow_empty=False, log=None):
     """Read the polygons of ``layer`` (default: the first) of a GeoPackage/Shapefile/GeoJSON/... with OGR.
-    Invalid geometries are repaired (``shapely.make_valid``) and counted; non-polygon parts are dropped."""
+    Invalid geometries are repaired (``shapely.make_valid``) and counted; non-polygon parts are dropped.
+    A layer without polygons is refused unless ``allow_empty``."""
     log = log or (lambda message: None)
     path = Path(path)
     if not path.exists():
@@ -155,7 +156,7 @@ def read_polygons(path, layer=None, *, log=None):
             if not shape.is_empty:
                 geometries.append(shape)
         name = ogr_layer.GetName()
-    if not geometries:
+    if not geometries and not allow_empty:
         raise InputError(f"layer {name!r} of {path} has no polygons; digitise footprint polygons or pick "
                          "another layer")
     if repaired:
@@ -561,7 +562,8 @@ def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapp
     extent PolygonLayer or None)."""
     if not rasters:
         raise InputError("no raster given; pass at least one --raster")
-    footprints = read_polygons(polygons, polygon_layer, log=log)
+    # Within a labelled extent, an empty footprint layer is a statement: no footprints there.
+    footprints = read_polygons(polygons, polygon_layer, allow_empty=extent is not None, log=log)
     extent_polygons = read_polygons(extent, extent_layer, log=log) if extent is not None else None
     labelled = [label_raster(path, footprints, extent_polygons, model_bands=model_bands, band_mapping=band_mapping,
                              scale=scale, offset=offset, log=log) for path in rasters]

@@ -154,6 +154,7 @@ def test_extent_that_misses_the_raster_is_refused(tmp_path, utm_raster):
 def test_empty_missing_and_unreadable_polygon_files_are_refused(tmp_path):
     with pytest.raises(InputError, match="has no polygons"):
         read_polygons(write_polygons(tmp_path / "empty.gpkg", []))
+    assert read_polygons(tmp_path / "empty.gpkg", allow_empty=True).geometries == []
     with pytest.raises(InputError, match="does not exist"):
         read_polygons(tmp_path / "missing.gpkg")
     (tmp_path / "junk.gpkg").write_text("not a geopackage")
@@ -286,6 +287,12 @@ def test_build_datasets_from_cli_arguments(tmp_path):
     assert len(data.norm_mean) == 6
     with pytest.raises(InputError, match=r"only \d+ training chips .* fewer than one batch of 64; lower --batch"):
         build_datasets([raster], polygons, model_bands=DEFAULT_MODEL_BANDS, chip_size=32, batch_size=64)
+    none = write_polygons(tmp_path / "none.gpkg", [])  # an empty layer inside a labelled extent: all background
+    extent = write_polygons(tmp_path / "e.gpkg", [pixel_box(0, 128, 0, 128)])
+    background = build_datasets([raster], none, extent=extent, model_bands=DEFAULT_MODEL_BANDS, chip_size=32,
+                                val_fraction=0, batch_size=4)
+    assert len(background.train) == 16 and not any(c.is_footprint for c in background.train.chips)
+    assert len(list(background.sampler)) == 16
 
 
 # ---------------------------------------------------------------------------------------------- export
