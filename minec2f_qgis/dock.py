@@ -204,8 +204,8 @@ class MineC2FDock(QgsDockWidget):
             if index is not None:
                 choice.setCurrentIndex(index)
             self.band_table.setCellWidget(row, 1, choice)
-        self.band_table.setFixedHeight(self.band_table.horizontalHeader().height() + 4 +
-                                       sum(self.band_table.rowHeight(r) for r in range(self.band_table.rowCount())))
+        self.band_table.setFixedHeight(self.band_table.horizontalHeader().height() +
+                                       self.band_table.verticalHeader().length() + 2 * self.band_table.frameWidth())
 
     def band_mapping_text(self):
         """The table as a BANDS parameter ("B02=1,B03=2,..."); raises QgsProcessingException for an unset row."""
@@ -285,9 +285,10 @@ class MineC2FDock(QgsDockWidget):
         canvas = self.iface.mapCanvas() if self.iface is not None else None
         add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
         seconds = time.monotonic() - self.started
-        self.status.setText(
-            f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b> "
-            f"in {seconds:.1f} s<br><small>{Path(parameters['OUTPUT_FOOTPRINTS']).parent}</small>")
+        folder = Path(parameters["OUTPUT_FOOTPRINTS"]).parent
+        self.status.setText(f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b>"
+                            f" in {seconds:.1f} s; files in {folder.name}/")
+        self.status.setToolTip(str(folder))
 
     def show_error(self, message):
         self.status.setText(f"<span style='color:#b00'>{message}</span>")
