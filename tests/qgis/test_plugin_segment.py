@@ -148,3 +148,18 @@ def test_runs_inside_a_processing_model(plugin, known_scene, constant_bundle_pat
     results = processing.run(model, {"scene": str(known_scene), "segment:footprints": TEMP})
 
     assert footprint_areas(results["segment:footprints"]) == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
+
+
+def test_results_loaded_by_processing_get_the_plugin_styles(plugin, known_scene, constant_bundle_path):
+    QgsProject.instance().clear()
+    processing.runAndLoadResults("minec2f:segment", {
+        "INPUT": str(known_scene), "MODEL": str(constant_bundle_path), "OUTPUT_PROBABILITY": TEMP,
+        "OUTPUT_MASK": TEMP, "OUTPUT_FOOTPRINTS": TEMP})
+    try:
+        layers = {layer.name(): layer for layer in QgsProject.instance().mapLayers().values()}
+        assert layers["Footprint probability"].renderer().type() == "singlebandpseudocolor"
+        footprints = layers["Mining footprints"]
+        assert footprints.renderer().symbol().symbolLayer(0).strokeColor().name() == "#ff3d9a"
+        assert not footprints.labelsEnabled()
+    finally:
+        QgsProject.instance().clear()
