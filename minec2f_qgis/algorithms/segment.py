@@ -36,7 +36,8 @@ the model's values. Larger tiles are faster on a GPU and need more memory.
 <b>Footprint probability</b>: GeoTIFF on the input's grid, 0-254 = probability 0-1, 255 = nodata.
 <b>Footprint mask</b>: GeoTIFF, 1 = footprint, 0 = background, 255 = nodata.
 <b>Mining footprints</b>: GeoPackage polygons with area_ha (true area), perimeter_m, mean_prob, max_prob, model \
-and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and scripts."""
+and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and scripts.
+Output files that exist are replaced, as in every Processing algorithm; a cancelled or failed run writes nothing."""
 
 
 class SegmentAlgorithm(QgsProcessingAlgorithm):
@@ -109,11 +110,15 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         missing = missing_requirements()
         if missing:
             return False, missing_message(missing)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
         try:
+            layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
             self._band_mapping(parameters, context)
         except QgsProcessingException as error:
             return False, str(error)
-        return super().checkParameterValues(parameters, context)
+        return True, ""
 
     def processAlgorithm(self, parameters, context, feedback):
         require_engine()
