@@ -30,3 +30,9 @@ def write_s2_like_raster(path, size, seed=0):
             dst.write(np.clip(strip, 1, 10000).astype(np.uint16),
                       window=rasterio.windows.Window(0, top, size, len(rows)))
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_s2_like_raster(sys.argv[1], int(sys.argv[2]))

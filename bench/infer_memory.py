@@ -1,7 +1,9 @@
 """Peak memory of `python -m model_core segment` on 12-band rasters of growing size.
 
 Each size runs in a fresh subprocess (the CLI, as users run it); its peak RSS comes from the kernel's
-rusage for that child (os.wait4). Rasters are generated strip by strip in a temporary folder, deleted after.
+rusage for that child (os.wait4). Rasters are generated strip by strip in a temporary folder, deleted after,
+by another subprocess: Linux counts the parent's resident memory at fork/exec into the child's peak, so this
+process stays small.
 
     python bench/infer_memory.py [--model BUNDLE] [--sizes 1000 4000 10000] [--tile N] [--threshold P] [--threads N]
 """
@@ -16,9 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from big_raster import write_s2_like_raster  # noqa: E402
 from model_core import paths  # noqa: E402
 
 
@@ -50,7 +50,8 @@ def main():
     first = None
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            raster = write_s2_like_raster(Path(tmp) / f"scene_{size}.tif", size)
+            raster = Path(tmp) / f"scene_{size}.tif"
+            subprocess.run([sys.executable, str(ROOT / "bench" / "big_raster.py"), str(raster), str(size)], check=True)
             command = [sys.executable, "-m", "model_core", "segment", str(raster), "--model", args.model,
                        "--out-dir", str(Path(tmp) / "out"), "--quiet", "--device", "cpu"]
             for option, value in (("--tile", args.tile), ("--threshold", args.threshold)):
