@@ -31,6 +31,7 @@ import rasterio.windows
 import torch
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
+from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from . import device as devices
 from .errors import Cancelled, InputError
@@ -60,6 +61,17 @@ def autocast_for(info, precision):
     if info.is_cuda:
         return info.autocast()
     return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else nullcontext()
+
+
+def inference_net(net, info):
+    """A copy of ``net`` made for inference on ``info.device``: BatchNorm folded into the preceding convolutions
+    (torch.fx; same results, about 1.4x faster on the CPU) when torch.fx can trace the net, channels-last layout
+    (1.2-1.5x faster convolutions)."""
+    try:
+        net = fold_batchnorm(net.eval())
+    except Exception:  # a net torch.fx cannot trace runs unfolded, with the same results
+        pass
+    return net.to(info.device, memory_format=torch.channels_last).eval()
 
 
 def tile_origins(length, tile, overlap):
@@ -136,27 +148,29 @@ class TileReader:
     def batches(self):
         with rasterio.open(self.src_path) as src:
             needs_masks = any(MaskFlags.all_valid not in src.mask_flag_enums[i - 1] for i in self.band_index)
+            floating = any(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in self.band_index)
             places = []
             for place in self.grid.tiles():
                 places.append(place)
                 if len(places) == self.batch:
-                    yield self._read_batch(src, places, needs_masks)
+                    yield self._read_batch(src, places, needs_masks, floating)
                     places = []
             if places:
-                yield self._read_batch(src, places, needs_masks)
+                yield self._read_batch(src, places, needs_masks, floating)
 
-    def _read_batch(self, src, places, needs_masks):
+    def _read_batch(self, src, places, needs_masks, floating):
         grid = self.grid
         height, width = grid.tile_height, grid.tile_width
         inputs = np.empty((len(places), len(self.band_index)) + self.padded, dtype=np.float32)
         valid = np.empty((len(places), height, width), dtype=bool)
         for k, (row, col) in enumerate(places):
             window = Window(self.region.col_off + col, self.region.row_off + row, width, height)
-            dn = src.read(self.band_index, window=window, out_dtype="float32")
-            tile_valid = np.isfinite(dn).all(axis=0)
+            tile = src.read(self.band_index, window=window, out_dtype="float32")
+            tile_valid = np.isfinite(tile).all(axis=0) if floating else np.ones((height, width), bool)
             if needs_masks:
                 tile_valid &= src.read_masks(self.band_index, window=window).all(axis=0)
-            tile = dn * self.gain + self.bias
+            tile *= self.gain
+            tile += self.bias
             tile[:, ~tile_valid] = 0.0
             pad = ((0, 0), (0, self.padded[0] - height), (0, self.padded[1] - width))
             inputs[k] = np.pad(tile, pad, mode="reflect") if any(p for _, p in pad) else tile
@@ -294,7 +308,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     info = device if isinstance(device, devices.DeviceInfo) else devices.resolve_device(device)
-    net = bundle.net.to(info.device, memory_format=torch.channels_last).eval()  # ~1.2-2x faster convs on CPU
+    net = inference_net(bundle.net, info)
 
     with rasterio.open(src_path) as src:
         region = window or Window(0, 0, src.width, src.height)
@@ -302,7 +316,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
                         "transform": src.window_transform(region)}
     grid = TileGrid.over(int(region.height), int(region.width), tile, overlap)
     reader = TileReader(src_path, grid, region, band_index, radiometry.scale, radiometry.offset,
-                        spec.norm_mean, spec.norm_std, net.stride, batch)
+                        spec.norm_mean, spec.norm_std, bundle.net.stride, batch)
     stop = threading.Event()
     batches = _Pipe(PREFETCH_BATCHES, stop)
     reader_thread = _Worker(lambda: _feed(reader, batches), stop)
@@ -351,7 +365,8 @@ def _predict_batch(net, info, autocast, item, batch):
     todo = np.flatnonzero(item.has_data)
     if todo.size == 0:
         return probs
-    inputs = torch.from_numpy(item.inputs[todo]).contiguous(memory_format=torch.channels_last)
+    inputs = torch.from_numpy(item.inputs if todo.size == len(probs) else item.inputs[todo])
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
 
     def run(sub_batch):
         outputs = []
