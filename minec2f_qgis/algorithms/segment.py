@@ -2,17 +2,14 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingAlgorithm, QgsProcessingException,
+from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingOutputNumber, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
                        QgsProcessingParameterExtent, QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
-from qgis.PyQt.QtGui import QIcon
-
-from ..dependencies import missing_message, missing_requirements
 from ..layers import style_on_load
-from ..resources import FOOTPRINTS_STYLE, ICON_PATH, PROBABILITY_STYLE
-from .common import layer_file, require_engine
+from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
+from .common import MineC2FAlgorithm, layer_file
 
 DEVICES = [("auto", "Auto (GPU if available, else CPU)"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]
 
@@ -40,7 +37,7 @@ and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and sc
 Output files that exist are replaced, as in every Processing algorithm; a cancelled or failed run writes nothing."""
 
 
-class SegmentAlgorithm(QgsProcessingAlgorithm):
+class SegmentAlgorithm(MineC2FAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
     BANDS = "BANDS"
@@ -67,12 +64,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
 
     def shortHelpString(self):
         return HELP
-
-    def icon(self):
-        return QIcon(str(ICON_PATH))
-
-    def createInstance(self):
-        return SegmentAlgorithm()
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Multispectral raster"))
@@ -107,9 +98,6 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA_HA, "Total footprint area (ha)"))
 
     def checkParameterValues(self, parameters, context):
-        missing = missing_requirements()
-        if missing:
-            return False, missing_message(missing)
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
@@ -120,9 +108,7 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
             return False, str(error)
         return True, ""
 
-    def processAlgorithm(self, parameters, context, feedback):
-        require_engine()
-        from model_core.errors import MineC2FError
+    def process(self, parameters, context, feedback):
         from model_core.paths import DEFAULT_MODEL
         from model_core.pipeline import segment_scene
 
@@ -137,20 +123,17 @@ class SegmentAlgorithm(QgsProcessingAlgorithm):
                    for name, suffixes in ((self.OUTPUT_PROBABILITY, (".tif", ".tiff")),
                                           (self.OUTPUT_MASK, (".tif", ".tiff")),
                                           (self.OUTPUT_FOOTPRINTS, (".gpkg",)))}
-        try:
-            result = segment_scene(
-                input_path, model, outputs[self.OUTPUT_PROBABILITY], outputs[self.OUTPUT_MASK],
-                outputs[self.OUTPUT_FOOTPRINTS],
-                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
-                tile=self._optional_number(parameters, self.TILE_SIZE, context, int),
-                overlap=self._optional_number(parameters, self.OVERLAP, context, int),
-                threshold=self._optional_number(parameters, self.THRESHOLD, context, float),
-                min_area_ha=self._optional_number(parameters, self.MIN_AREA_HA, context, float),
-                band_mapping=self._band_mapping(parameters, context), bounds=bounds,
-                overwrite=True,  # Processing's file dialogs already asked; temporary outputs are fresh names
-                progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
-        except MineC2FError as error:
-            raise QgsProcessingException(str(error)) from error
+        result = segment_scene(
+            input_path, model, outputs[self.OUTPUT_PROBABILITY], outputs[self.OUTPUT_MASK],
+            outputs[self.OUTPUT_FOOTPRINTS],
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
+            tile=self._optional_number(parameters, self.TILE_SIZE, context, int),
+            overlap=self._optional_number(parameters, self.OVERLAP, context, int),
+            threshold=self._optional_number(parameters, self.THRESHOLD, context, float),
+            min_area_ha=self._optional_number(parameters, self.MIN_AREA_HA, context, float),
+            band_mapping=self._band_mapping(parameters, context), bounds=bounds,
+            overwrite=True,  # Processing's file dialogs already asked; temporary outputs are fresh names
+            progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
         feedback.pushInfo(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha "
                           f"(device: {result.device_name})")
         for name, style in ((self.OUTPUT_PROBABILITY, PROBABILITY_STYLE), (self.OUTPUT_FOOTPRINTS, FOOTPRINTS_STYLE)):
