@@ -330,7 +330,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
         for item in batches:
             if is_canceled():
                 raise Cancelled("segmentation was cancelled; no output was written")
-            probs = _predict_batch(net, info, autocast_for(info, precision), item, batch)
+            probs, batch = _predict_batch(net, info, autocast_for(info, precision), item, batch)
             for (row, col), prob, valid in zip(item.places, probs, item.valid):
                 if row > strip.top:
                     writer.pipe.put(strip.advance(row))
@@ -359,12 +359,13 @@ def _feed(reader, pipe):
 
 
 def _predict_batch(net, info, autocast, item, batch):
-    """Probabilities [N, tile_height, tile_width] for a batch (zeros for tiles without data)."""
+    """(probabilities [N, tile_height, tile_width], zeros for tiles without data; the number of tiles per model
+    call that fitted in memory, ``batch`` unless a CUDA out-of-memory error halved it - kept for later batches)."""
     grid_height, grid_width = item.valid.shape[1:]
     probs = np.zeros(item.valid.shape, dtype=np.float32)
     todo = np.flatnonzero(item.has_data)
     if todo.size == 0:
-        return probs
+        return probs, batch
     inputs = torch.from_numpy(item.inputs if todo.size == len(probs) else item.inputs[todo])
     inputs = inputs.contiguous(memory_format=torch.channels_last)
 
@@ -374,7 +375,7 @@ def _predict_batch(net, info, autocast, item, batch):
             for start in range(0, len(inputs), sub_batch):
                 logits = net(info.to_device(inputs[start:start + sub_batch]))
                 outputs.append(torch.sigmoid(logits.float())[:, 0, :grid_height, :grid_width].cpu().numpy())
-        return np.concatenate(outputs)
+        return np.concatenate(outputs), sub_batch
 
-    probs[todo] = devices.run_with_oom_backoff(run, batch)
-    return probs
+    probs[todo], batch = devices.run_with_oom_backoff(run, batch)
+    return probs, batch

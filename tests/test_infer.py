@@ -233,3 +233,30 @@ def test_a_failing_reader_stops_the_run_with_its_error(make_raster, tmp_path):
     src = make_raster("in.tif", random_dn((3, 300, 300)))
     with pytest.raises(IndexError):
         predict(src, pixel_bundle(), tmp_path / "prob.tif", batch=1, band_index=[1, 2, 9])
+
+
+def test_cuda_out_of_memory_halves_the_batch_for_the_rest_of_the_run(make_raster, tmp_path, monkeypatch):
+    """Simulated on the CPU: the net fails like CUDA does on more than two tiles per call."""
+    bundle = pixel_bundle()
+    calls = []
+
+    class TwoTilesAtMost(torch.nn.Module):
+        stride = 8
+
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            calls.append(len(x))
+            if len(x) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return self.net(x)
+
+    monkeypatch.setattr("model_core.infer.inference_net", lambda net, info: TwoTilesAtMost(net))
+    dn = random_dn((3, 200, 200))
+    predict(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", batch=8, band_index=[1, 2, 3],
+            prob_format="float32")
+    prob, _ = read(tmp_path / "prob.tif")
+    np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle), atol=1e-5)
+    assert calls[:3] == [8, 4, 2] and set(calls[3:]) <= {1, 2}  # halved once, then kept small
