@@ -102,7 +102,7 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None):
         from .data import read_polygons, reproject_polygons
 
         polygons = reproject_polygons(read_polygons(reference, layer), grid[1].to_wkt())
-        shapes = [(geom, 1) for geom in polygons.geometries]
+        shapes = [(geom, 1) for geom in polygons]
         ref = (rasterio.features.rasterize(shapes, out_shape=grid[2], transform=grid[0], dtype="uint8")
                if shapes else np.zeros(grid[2], dtype=np.uint8))
     return all_scores(pred == 1, ref == 1, valid, tolerance_px)

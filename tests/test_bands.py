@@ -1,0 +1,177 @@
+"""Band matching and radiometry on real Sentinel-2 / Landsat 7 files (../shared/data/real) and written rasters."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from model_core.bands import (DEFAULT_MODEL_BANDS, Band, RasterBandInfo, canonical_name, match_bands,
+                              parse_band_mapping, Radiometry, resolve_radiometry)
+from model_core.errors import BandMismatchError, InputError
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real is not on this machine")
+
+
+def info_of(path):
+    with rasterio.open(path) as src:
+        return RasterBandInfo.from_dataset(src)
+
+
+@needs_real
+@pytest.mark.parametrize("name,expected", [
+    ("s2_l1c_virginia_20m_10band.tif", [1, 2, 3, 7, 9, 10]),      # B02 B03 B04 B05 B06 B07 B08 B8A B11 B12
+    ("s2_l1c_brandenburg_10m_10band.tif", [1, 2, 3, 7, 9, 10]),
+    ("s2_patagonia_10m_6band.tif", [1, 2, 3, 4, 5, 6]),
+])
+def test_real_sentinel2_bands_match_by_name(name, expected):
+    assert match_bands(info_of(REAL / name), DEFAULT_MODEL_BANDS) == expected
+
+
+@needs_real
+def test_real_landsat7_names_read_as_landsat_not_sentinel2():
+    """Landsat 7 "B4" is NIR (835 nm), not Sentinel-2 B04 (red); B5 is SWIR1. The 5-band file has no SWIR2."""
+    info = info_of(REAL / "l7_raleigh_5band.tif")
+    assert info.sensor == "landsat457"
+    assert match_bands(info, DEFAULT_MODEL_BANDS[:5]) == [1, 2, 3, 4, 5]
+    with pytest.raises(BandMismatchError, match=r"lacks band B12 \(2190 nm\).*--bands B02=1,"):
+        match_bands(info, DEFAULT_MODEL_BANDS)
+
+
+@needs_real
+def test_real_unnamed_six_band_landsat_needs_a_mapping():
+    info = info_of(REAL / "l7_olinda_6band.tif")
+    with pytest.raises(BandMismatchError, match="carry no name or wavelength.*--bands"):
+        match_bands(info, DEFAULT_MODEL_BANDS)
+    mapping = parse_band_mapping("B02=1,B03=2,B04=3,B08=4,B11=5,B12=6")
+    assert match_bands(info, DEFAULT_MODEL_BANDS, mapping) == [1, 2, 3, 4, 5, 6]
+
+
+@needs_real
+@pytest.mark.parametrize("name", ["s2_l1c_virginia_20m_10band.tif", "s2_l1c_brandenburg_10m_10band.tif",
+                                  "s2_patagonia_10m_6band.tif"])
+def test_real_sentinel2_without_offset_is_not_taken_for_offset(name):
+    with rasterio.open(REAL / name) as src:
+        radiometry, reason = resolve_radiometry(src)
+    assert (radiometry.scale, radiometry.offset) == (1e-4, 0.0), reason
+
+
+@needs_real
+def test_real_sentinel2_with_added_offset_is_detected(tmp_path):
+    """The same real scene stored as processing baseline >= 04.00 stores it (DN + 1000, no metadata)."""
+    with rasterio.open(REAL / "s2_l1c_virginia_20m_10band.tif") as src:
+        profile, data = src.profile, src.read()
+    path = tmp_path / "offset.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data + 1000)
+    with rasterio.open(path) as src:
+        radiometry, reason = resolve_radiometry(src)
+    assert radiometry.scale == 1e-4 and radiometry.offset == pytest.approx(-0.1) and "+1000" in reason
+
+
+@needs_real
+def test_real_uint8_landsat_is_scaled_to_unit_range():
+    with rasterio.open(REAL / "l7_olinda_6band.tif") as src:
+        radiometry, reason = resolve_radiometry(src)
+    assert radiometry.scale == pytest.approx(1 / 255) and "8-bit" in reason
+
+
+def write(path, count, dtype="uint16", descriptions=(), band_tags=(), tags=None, value=500, scales=None,
+          offsets=None):
+    data = np.full((count, 8, 8), value, dtype=dtype)
+    data[:, 0, 0] = np.asarray(value, dtype) * 4
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=count, dtype=dtype, crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(500000, 5800000, 10, 10)) as dst:
+        dst.write(data)
+        for i, text in enumerate(descriptions, start=1):
+            dst.set_band_description(i, text)
+        for i, band in enumerate(band_tags, start=1):
+            dst.update_tags(i, **band)
+        dst.update_tags(**(tags or {}))
+        if scales:
+            dst.scales, dst.offsets = scales, offsets
+    return path
+
+
+@pytest.mark.parametrize("count,expected", [
+    (12, [2, 3, 4, 8, 11, 12]),   # L2A: B01..B08, B8A, B09, B11, B12
+    (13, [2, 3, 4, 8, 12, 13]),   # L1C: with B10
+    (7, [2, 3, 4, 5, 6, 7]),      # Landsat 8/9 SR_B1..SR_B7
+    (11, [2, 3, 4, 5, 6, 7]),     # Landsat 8/9 Level-1
+])
+def test_unnamed_standard_layouts_match_by_count(tmp_path, count, expected):
+    assert match_bands(info_of(write(tmp_path / "r.tif", count)), DEFAULT_MODEL_BANDS) == expected
+
+
+def test_landsat8_collection2_names(tmp_path):
+    path = write(tmp_path / "lc08.tif", 7, descriptions=[f"SR_B{i}" for i in range(1, 8)],
+                 tags={"SPACECRAFT_ID": "x", "SENSOR": "LANDSAT_8 OLI_TIRS"})
+    assert match_bands(info_of(path), DEFAULT_MODEL_BANDS) == [2, 3, 4, 5, 6, 7]
+
+
+def test_common_names_and_wavelength_tags(tmp_path):
+    names = write(tmp_path / "names.tif", 6, descriptions=["swir22", "Blue", "green", "Red", "NIR", "swir16"])
+    assert match_bands(info_of(names), DEFAULT_MODEL_BANDS) == [2, 3, 4, 5, 6, 1]
+    waves = write(tmp_path / "waves.tif", 6, band_tags=[{"wavelength": w} for w in
+                                                         ("0.49", "0.56", "0.665", "0.842", "1.61", "2.19")])
+    assert match_bands(info_of(waves), DEFAULT_MODEL_BANDS) == [1, 2, 3, 4, 5, 6]
+
+
+def test_b8a_is_not_taken_for_b08_when_both_exist(tmp_path):
+    path = write(tmp_path / "r.tif", 7, descriptions=["B02", "B03", "B04", "B8A", "B08", "B11", "B12"])
+    assert match_bands(info_of(path), DEFAULT_MODEL_BANDS) == [1, 2, 3, 5, 6, 7]
+    near = write(tmp_path / "n.tif", 6, descriptions=["B02", "B03", "B04", "B8A", "B11", "B12"])
+    assert match_bands(info_of(near), DEFAULT_MODEL_BANDS)[3] == 4  # 865 nm stands in for 842 nm
+
+
+def test_red_edge_does_not_stand_in_for_red(tmp_path):
+    path = write(tmp_path / "r.tif", 3, descriptions=["B02", "B03", "B05"])
+    with pytest.raises(BandMismatchError, match=r"B04 \(665 nm\)"):
+        match_bands(info_of(path), [Band("B02", 490), Band("B04", 665)])
+
+
+def test_mapping_overrides_and_is_checked(tmp_path):
+    info = info_of(write(tmp_path / "r.tif", 12))
+    assert match_bands(info, DEFAULT_MODEL_BANDS, {"B02": 4})[0] == 4
+    with pytest.raises(BandMismatchError, match="B12=13: the raster has 12 bands"):
+        match_bands(info, DEFAULT_MODEL_BANDS, {"B12": 13})
+
+
+@pytest.mark.parametrize("text,message", [
+    ("B02:1", "is not NAME=BAND"), ("B02=x", "is not NAME=BAND"), ("B02=0", "is not NAME=BAND"),
+    ("foo=1", "'foo' is not a band name"), ("B2=1,B02=2", "names B02 twice"), (" , ", "is empty"),
+])
+def test_parse_band_mapping_refuses_malformed_text(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_band_mapping(text)
+
+
+def test_parse_band_mapping_normalises_names():
+    assert parse_band_mapping("B2=1, b8a=2; swir16=3") == {"B02": 1, "B8A": 2, "B11": 3}
+    assert canonical_name("band 4", "landsat457")[0] == "B08"
+
+
+@pytest.mark.parametrize("tags,scale,offset", [
+    ({"BOA_ADD_OFFSET": "-1000", "BOA_QUANTIFICATION_VALUE": "10000"}, 1e-4, -0.1),
+    ({"RADIO_ADD_OFFSET": "-1000"}, 1e-4, -0.1),
+    ({"BOA_ADD_OFFSET": "0", "BOA_QUANTIFICATION_VALUE": "10000"}, 1e-4, 0.0),
+])
+def test_sentinel2_metadata_tags(tmp_path, tags, scale, offset):
+    with rasterio.open(write(tmp_path / "r.tif", 6, tags=tags, value=3000)) as src:
+        radiometry, reason = resolve_radiometry(src)
+    assert (radiometry.scale, radiometry.offset) == pytest.approx((scale, offset)) and "metadata" in reason
+
+
+def test_file_scale_offset_and_explicit_values_win(tmp_path):
+    path = write(tmp_path / "r.tif", 2, scales=[2e-5, 2e-5], offsets=[-0.2, -0.2], value=3000)
+    with rasterio.open(path) as src:
+        radiometry = resolve_radiometry(src)[0]
+        assert (radiometry.scale, radiometry.offset) == pytest.approx((2e-5, -0.2))
+        radiometry, reason = resolve_radiometry(src, explicit_offset=0.0)
+    assert radiometry.offset == 0.0 and reason == "given"
+
+
+def test_float_reflectance_is_kept(tmp_path):
+    with rasterio.open(write(tmp_path / "r.tif", 6, dtype="float32", value=0.2)) as src:
+        assert resolve_radiometry(src)[0] == Radiometry(1.0, 0.0)
