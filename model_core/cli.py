@@ -113,7 +113,109 @@ def run_export_chips(args):
     print(f"index: {result.index_path}")
 
 
-COMMANDS = [add_segment_command, add_export_chips_command]
+def _add_training_arguments(parser):
+    parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
+    parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
+    parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
+    parser.add_argument("--epochs", type=int, default=30, metavar="N")
+    parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="bundle to write")
+    parser.add_argument("--batch", type=int, default=8, metavar="N")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--chip-size", type=int, default=256, metavar="N")
+    parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
+    parser.add_argument("--patience", type=int, default=8, metavar="N", help="early stopping patience (epochs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def add_train_command(subparsers):
+    parser = subparsers.add_parser(
+        "train", help="train a teacher on coarse footprint polygons",
+        description="Train a teacher bundle on (coarse) polygons: BCE + Dice, AdamW with warm-up and cosine decay, "
+                    "early stopping on validation IoU. Writes OUT, OUT.log.csv and OUT.curves.png.")
+    _add_training_arguments(parser)
+    parser.set_defaults(handler=run_train)
+
+
+def add_finetune_command(subparsers):
+    from .train import STUDENT_METHODS
+
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a student from a teacher on precise polygons",
+        description="Fine-tune a student from --teacher on hand-digitised polygons with attentive feature and "
+                    "prediction distillation (method minec2f) or a baseline.")
+    parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
+    _add_training_arguments(parser)
+    parser.add_argument("--method", choices=STUDENT_METHODS, default="minec2f")
+    parser.add_argument("--lambda-feat", type=float, default=1.0, help="weight of feature distillation")
+    parser.add_argument("--lambda-pred", type=float, default=1.0, help="weight of prediction distillation")
+    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    parser.set_defaults(handler=run_finetune, lr=3e-4)
+
+
+def _training_call(args):
+    from .bands import parse_band_mapping
+    from .train import TrainConfig
+
+    fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
+              "max_chips": args.max_chips, "patience": args.patience, "seed": args.seed, "device": args.device}
+    for name in ("method", "lambda_feat", "lambda_pred", "temperature"):
+        if hasattr(args, name):
+            fields[name] = getattr(args, name)
+    return TrainConfig(**fields), {
+        "extent": args.extent, "band_mapping": parse_band_mapping(args.bands) if args.bands else None,
+        "overwrite": args.overwrite, "resume": args.resume, "progress": _ProgressPrinter(),
+        "log": lambda message: print(message, file=sys.stderr)}
+
+
+def _report_training(result):
+    print(f"best epoch {result.best_epoch}: validation IoU {result.metrics.get('val_iou_best_threshold', 0):.3f}")
+    print(f"model:  {result.bundle_path}")
+    print(f"log:    {result.log_path}")
+    print(f"curves: {result.curves_path}")
+
+
+def run_train(args):
+    from .train import train_teacher
+
+    config, options = _training_call(args)
+    _report_training(train_teacher(args.raster, args.polygons, args.out, config=config, **options))
+
+
+def run_finetune(args):
+    from .train import finetune_student
+
+    config, options = _training_call(args)
+    _report_training(finetune_student(args.teacher, args.raster, args.polygons, args.out, config=config, **options))
+
+
+def add_evaluate_command(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="score a predicted mask against reference footprints",
+        description="IoU, F1, precision, recall and boundary F1 of PRED_MASK (1 footprint) against a reference "
+                    "mask raster on the same grid or reference polygons (any CRS).")
+    parser.add_argument("prediction", metavar="PRED_MASK.tif")
+    parser.add_argument("--reference", required=True, metavar="REF.gpkg|REF_MASK.tif")
+    parser.add_argument("--tolerance-px", type=int, default=2, help="boundary F1 tolerance in pixels")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args):
+    from .errors import InputError
+    from .metrics import evaluate_mask_raster
+
+    for path in (args.prediction, args.reference):
+        if not os.path.exists(path):
+            raise InputError(f"{path} does not exist; check the path")
+    scores = evaluate_mask_raster(args.prediction, args.reference, tolerance_px=args.tolerance_px)
+    print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
+
+
+COMMANDS = [add_segment_command, add_export_chips_command, add_train_command, add_finetune_command,
+            add_evaluate_command]
 
 
 def build_parser():

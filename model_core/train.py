@@ -1,0 +1,449 @@
+"""Teacher training on coarse polygons and student fine-tuning on precise ones (MineC2FNet and baselines).
+
+``METHODS`` share one loop (:func:`fit`); they differ in where the net starts and what the loss holds:
+
+=============  ==============  ===============================================================
+method         starts from     loss
+=============  ==============  ===============================================================
+coarse_only    random          BCE + Dice on coarse labels (this is the teacher)
+fine_only      random          BCE + Dice on fine labels
+finetune       teacher         BCE + Dice on fine labels
+joint          random          BCE + Dice on coarse and fine chips mixed
+kd             teacher         fine BCE + Dice + λf·feature + λp·prediction distillation, no attention
+minec2f        teacher         fine BCE + Dice + λf·attentive feature + λp·attentive prediction distillation
+=============  ==============  ===============================================================
+
+The loop: AdamW, linear warm-up then cosine decay, validation IoU/F1 each epoch, the best epoch kept as the
+bundle (written atomically), early stopping, a resume checkpoint (safetensors, no pickle) after every epoch,
+a CSV log and a PNG of the curves next to the bundle. Cancelling raises Cancelled; the best bundle written so
+far and the resume checkpoint stay usable.
+"""
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import device as devices
+from .bands import DEFAULT_MODEL_BANDS
+from .bundle import ModelSpec, load_bundle, save_bundle
+from .data import Augment, build_datasets
+from .distill import attention_map, attentive_feature_loss, attentive_prediction_loss
+from .errors import BandMismatchError, Cancelled, InputError, OutputError
+from .metrics import segmentation_scores
+from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_ENCODER_DEPTH,
+                   build_net, copy_weights)
+
+METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
+STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run; all are recorded in the bundle."""
+    method: str = "minec2f"
+    epochs: int = 30
+    batch: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    patience: int = 8
+    chip_size: int = 256
+    stride: int = None
+    val_fraction: float = 0.2
+    max_chips: int = None
+    steps_per_epoch: int = None     # default: one pass over the training chips
+    seed: int = 0
+    lambda_feat: float = 1.0
+    lambda_pred: float = 1.0
+    temperature: float = 2.0
+    dice_weight: float = 1.0
+    offset_jitter: float = 0.1      # reflectance offset augmentation (survives a missed L2A +1000 DN offset)
+    architecture: str = DEFAULT_ARCHITECTURE
+    encoder: str = DEFAULT_ENCODER
+    encoder_depth: int = DEFAULT_ENCODER_DEPTH
+    decoder_channels: tuple = DEFAULT_DECODER_CHANNELS
+    device: str = "auto"
+    workers: int = 0
+
+    def check(self):
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        for name in ("epochs", "batch", "chip_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.chip_size % (2 ** self.encoder_depth):
+            raise InputError(f"chip size {self.chip_size} must be a multiple of {2 ** self.encoder_depth}")
+        if self.temperature <= 0 or self.lr <= 0:
+            raise InputError("temperature and learning rate must be positive")
+
+
+@dataclass
+class TrainResult:
+    bundle_path: Path
+    best_epoch: int
+    metrics: dict
+    history: list
+    log_path: Path
+    curves_path: Path
+
+
+def segmentation_loss(logits, mask, valid, dice_weight=1.0):
+    """BCE + soft Dice over valid pixels."""
+    valid = valid.float()
+    bce = (F.binary_cross_entropy_with_logits(logits.float(), mask, reduction="none") * valid).sum() / (
+        valid.sum() + 1e-6)
+    prob = torch.sigmoid(logits.float()) * valid
+    inter = (prob * mask).sum()
+    dice = 1 - (2 * inter + 1) / (prob.sum() + (mask * valid).sum() + 1)
+    return bce + dice_weight * dice
+
+
+class LossForMethod:
+    """Loss of one batch for ``method``; ``teacher`` is frozen (or None for methods without distillation)."""
+
+    def __init__(self, config, teacher=None):
+        self.config, self.teacher = config, teacher
+        self.distill = config.method in ("kd", "minec2f")
+        self.attentive = config.method == "minec2f"
+
+    def __call__(self, net, image, mask, valid):
+        cfg = self.config
+        if not self.distill:
+            return segmentation_loss(net(image), mask, valid, cfg.dice_weight), {}
+        logits, features = net.forward_with_features(image)
+        with torch.no_grad():
+            t_logits, t_features = self.teacher.forward_with_features(image)
+        attention = attention_map(t_logits, mask, valid, attentive=self.attentive)
+        seg = segmentation_loss(logits, mask, valid, cfg.dice_weight)
+        feat = attentive_feature_loss(features, t_features, attention)
+        pred = attentive_prediction_loss(logits, t_logits, attention, cfg.temperature)
+        total = seg + cfg.lambda_feat * feat + cfg.lambda_pred * pred
+        return total, {"seg": float(seg), "feat": float(feat), "pred": float(pred)}
+
+
+def lr_factor(step, warmup_steps, total_steps):
+    """Linear warm-up to 1, then cosine decay to 0.01."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate_net(net, dataset, info, batch=8):
+    """Scores on ``dataset`` at each of THRESHOLDS -> {threshold: scores}; pixels pooled over all chips."""
+    net.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch)
+    counts = {t: np.zeros(3) for t in THRESHOLDS}
+    for item in loader:
+        with info.autocast():
+            prob = torch.sigmoid(net(info.to_device(item["image"])).float()).cpu()
+        valid, mask = item["valid"] > 0.5, item["mask"] > 0.5
+        for t in THRESHOLDS:
+            pred = prob > t
+            counts[t] += [(pred & mask & valid).sum(), (pred & ~mask & valid).sum(), (~pred & mask & valid).sum()]
+    scores = {}
+    for t, (tp, fp, fn) in counts.items():
+        scores[t] = {"iou": tp / (tp + fp + fn) if tp + fp + fn else 1.0,
+                     "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
+    return scores
+
+
+# ------------------------------------------------------------------------------------ resume checkpoints
+
+def resume_path(out):
+    return Path(out).with_suffix(".resume.safetensors")
+
+
+def save_resume(path, net, optimizer, state):
+    """Weights, AdamW moments and the loop state (JSON) in one safetensors file, written atomically."""
+    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, param_state in opt["state"].items():
+        for name, value in param_state.items():
+            tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {"loop": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
+    temp = Path(f"{path}.partial")
+    save_file(tensors, str(temp), metadata=meta)
+    os.replace(temp, path)
+
+
+def load_resume(path, net, optimizer):
+    with safe_open(str(path), framework="pt") as reader:
+        meta = reader.metadata()
+        tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    return json.loads(meta["loop"])
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_canceled=None, log=None,
+        info=None):
+    """Train ``net`` on ``data`` (TrainingData) with ``loss``; keep the best epoch as a bundle at ``out``."""
+    progress = progress or (lambda percent: None)
+    is_canceled = is_canceled or (lambda: False)
+    log = log or (lambda message: None)
+    out = Path(out)
+    info = info or devices.resolve_device(config.device)
+    net.to(info.device)
+    if loss.teacher is not None:
+        loss.teacher.to(info.device).eval().requires_grad_(False)
+    loader = torch.utils.data.DataLoader(
+        data.train, batch_size=config.batch, sampler=data.sampler, drop_last=True, num_workers=config.workers,
+        pin_memory=info.is_cuda)
+    steps = config.steps_per_epoch or max(1, len(loader))
+    total = steps * config.epochs
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_epochs * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    scaler = torch.amp.GradScaler("cuda", enabled=info.is_cuda)
+    state = {"epoch": 0, "best_iou": -1.0, "best_epoch": 0, "history": [], "stale": 0}
+    checkpoint = resume_path(out)
+    if resume and checkpoint.exists():
+        state = load_resume(checkpoint, net, optimizer)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
+                                                      last_epoch=state["epoch"] * steps - 1)
+        log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
+    log_path, curves_path = out.with_suffix(".log.csv"), out.with_suffix(".curves.png")
+    torch.manual_seed(config.seed + state["epoch"])
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        started = time.perf_counter()
+        data.sampler.set_epoch(epoch)
+        data.train.set_epoch(epoch)
+        net.train()
+        losses, step = [], 0
+        while step < steps:
+            for item in loader:
+                if is_canceled():
+                    raise Cancelled(f"training cancelled in epoch {epoch}; the best model so far is in {out.name} "
+                                    f"and the run resumes from {checkpoint.name} with --resume")
+                image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
+                with info.autocast():
+                    value, _ = loss(net, image, mask, valid)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(value).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                losses.append(float(value))
+                step += 1
+                progress(100.0 * ((epoch - 1) * steps + step) / total)
+                if step >= steps:
+                    break
+        scores = evaluate_net(net, data.val, info, config.batch)
+        best_t = max(scores, key=lambda t: (scores[t]["iou"], -abs(t - 0.5)))
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_iou": scores[0.5]["iou"],
+               "val_f1": scores[0.5]["f1"], "best_threshold": best_t, "val_iou_best_threshold": scores[best_t]["iou"],
+               "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
+        state["history"].append(row)
+        log(f"epoch {epoch}/{config.epochs}: loss {row['loss']:.4f}, val IoU {row['val_iou']:.3f}, "
+            f"F1 {row['val_f1']:.3f} (best threshold {best_t}: IoU {row['val_iou_best_threshold']:.3f}), "
+            f"{row['seconds']:.1f} s")
+        if row["val_iou_best_threshold"] > state["best_iou"]:
+            state.update(best_iou=row["val_iou_best_threshold"], best_epoch=epoch, stale=0)
+            spec.threshold = float(best_t)
+            spec.metrics = {"val_iou": scores[best_t]["iou"], "val_f1": scores[best_t]["f1"],
+                            "val_iou_at_0.5": scores[0.5]["iou"], "best_epoch": epoch}
+            save_bundle(out, net, spec, overwrite=True)
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch
+        _write_log(log_path, state["history"])
+        save_resume(checkpoint, net, optimizer, state)
+        if state["stale"] >= config.patience:
+            log(f"early stop: no better validation IoU for {config.patience} epochs")
+            break
+    _plot_curves(curves_path, state["history"], log)
+    checkpoint.unlink(missing_ok=True)
+    best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else {}
+    return TrainResult(out, state["best_epoch"], best, state["history"], log_path, curves_path)
+
+
+def _write_log(path, history):
+    temp = Path(f"{path}.partial")
+    with open(temp, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(temp, path)
+
+
+def _plot_curves(path, history, log):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no training-curve PNG was written")
+        return
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, [row["loss"] for row in history], marker="o")
+    left.set(xlabel="epoch", ylabel="training loss")
+    right.plot(epochs, [row["val_iou"] for row in history], marker="o", label="IoU")
+    right.plot(epochs, [row["val_f1"] for row in history], marker="o", label="F1")
+    right.set(xlabel="epoch", ylabel="validation", ylim=(0, 1))
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------- teacher and student
+
+def _check_output(out, overwrite, resume):
+    out = Path(out)
+    if out.exists() and not (overwrite or resume):
+        raise OutputError(f"{out} exists already; choose another --out or pass --overwrite")
+    if not out.parent.is_dir():
+        raise OutputError(f"folder {out.parent} does not exist; create it or choose another --out")
+    if not os.access(out.parent, os.W_OK):
+        raise OutputError(f"folder {out.parent} is not writable; choose another --out")
+    return out
+
+
+def _spec(config, name, role, bands, data, parent_hash=None, extra=None):
+    hyper = {k: v for k, v in asdict(config).items() if k not in ("device", "workers")}
+    hyper["decoder_channels"] = list(config.decoder_channels)
+    hyper.update(extra or {})
+    return ModelSpec(name=name, architecture=config.architecture, encoder=config.encoder,
+                     encoder_depth=config.encoder_depth, decoder_channels=list(config.decoder_channels),
+                     in_channels=len(bands), bands=[{"name": b.name, "wavelength_nm": b.wavelength_nm} for b in bands],
+                     norm_mean=[float(v) for v in data.norm_mean], norm_std=[float(v) for v in data.norm_std],
+                     tile_size=max(256, config.chip_size), overlap=64, role=role, method=config.method,
+                     parent_hash=parent_hash, training=data.summary, hyperparameters=hyper,
+                     description=f"MineC2F {role} ({config.method})")
+
+
+def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(method="coarse_only"),
+                  bands=DEFAULT_MODEL_BANDS, band_mapping=None, overwrite=False, resume=False, progress=None,
+                  is_canceled=None, log=None):
+    """Train a teacher on (coarse) ``polygons`` over ``rasters``; writes the bundle ``out``."""
+    config = replace(config, method="coarse_only")
+    config.check()
+    out = _check_output(out, overwrite, resume)
+    log = log or (lambda message: None)
+    info = devices.resolve_device(config.device)
+    log(f"training on {info.name}")
+    data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
+                          stride=config.stride, val_fraction=config.val_fraction, seed=config.seed,
+                          max_chips=config.max_chips, batch_size=config.batch, band_mapping=band_mapping,
+                          augment=Augment(reflectance_offset_jitter=config.offset_jitter), log=log)
+    torch.manual_seed(config.seed)
+    net = build_net(config.architecture, config.encoder, len(bands), config.encoder_depth, config.decoder_channels)
+    spec = _spec(config, Path(out).stem, "teacher", bands, data)
+    return fit(net, data, config, LossForMethod(config), out, spec, resume=resume, progress=progress,
+               is_canceled=is_canceled, log=log, info=info)
+
+
+def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, config=TrainConfig(),
+                     coarse=None, band_mapping=None, overwrite=False, resume=False, progress=None,
+                     is_canceled=None, log=None):
+    """Fine-tune a student from the teacher bundle on precise ``polygons``; writes the bundle ``out``.
+
+    ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only.
+    """
+    config.check()
+    if config.method == "coarse_only":
+        raise InputError("method coarse_only is the teacher itself; use `train` for it")
+    out = _check_output(out, overwrite, resume)
+    log = log or (lambda message: None)
+    info = devices.resolve_device(config.device)
+    log(f"fine-tuning on {info.name}")
+    teacher = load_bundle(teacher_path)
+    bands = teacher.spec.band_list()
+    norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
+    try:
+        data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
+                              stride=config.stride, val_fraction=config.val_fraction, seed=config.seed,
+                              max_chips=config.max_chips, batch_size=config.batch, norm=norm,
+                              band_mapping=band_mapping,
+                              augment=Augment(reflectance_offset_jitter=config.offset_jitter), log=log)
+    except BandMismatchError as error:
+        raise BandMismatchError(f"the teacher {Path(teacher_path).name} needs bands the raster lacks: {error}") \
+            from error
+    if config.method == "joint":
+        if coarse is None:
+            raise InputError("method joint needs the coarse rasters and polygons too")
+        coarse_data = build_datasets(coarse[0], coarse[1], model_bands=bands, chip_size=config.chip_size,
+                                     seed=config.seed, batch_size=config.batch, norm=norm,
+                                     augment=Augment(reflectance_offset_jitter=config.offset_jitter))
+        data = _mix(data, coarse_data)
+    t = teacher.spec
+    net = build_net(t.architecture, t.encoder, t.in_channels, t.encoder_depth, t.decoder_channels)
+    if config.method in ("finetune", "kd", "minec2f"):
+        copy_weights(teacher.net, net)
+    else:
+        torch.manual_seed(config.seed)
+    config = replace(config, architecture=t.architecture, encoder=t.encoder, encoder_depth=t.encoder_depth,
+                     decoder_channels=tuple(t.decoder_channels))
+    spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
+                 extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks"})
+    loss = LossForMethod(config, teacher.net if config.method in ("kd", "minec2f") else None)
+    return fit(net, data, config, loss, out, spec, resume=resume, progress=progress, is_canceled=is_canceled,
+               log=log, info=info)
+
+
+def _mix(fine, coarse):
+    """Training data drawing from both domains (the ``joint`` baseline); validation stays on the fine domain."""
+    return replace(fine, train=_ConcatChips(fine.train, coarse.train),
+                   sampler=_MixedSampler(fine.sampler, coarse.sampler, len(fine.train)),
+                   summary={**fine.summary, "joint_coarse": coarse.summary})
+
+
+class _ConcatChips(torch.utils.data.Dataset):
+    """Two ChipDatasets end to end, indexed by int or (index, draw)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def set_epoch(self, epoch):
+        self.first.set_epoch(epoch)
+        self.second.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, query):
+        index, draw = query if isinstance(query, tuple) else (query, 0)
+        if index < len(self.first):
+            return self.first[(index, draw)]
+        return self.second[(index - len(self.first), draw)]
+
+
+class _MixedSampler(torch.utils.data.Sampler):
+    """The draws of both samplers, the second's indices shifted past the first dataset, shuffled together."""
+
+    def __init__(self, first, second, offset):
+        self.first, self.second, self.offset, self.epoch = first, second, offset, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.first.set_epoch(epoch)
+        self.second.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.first) + len(self.second)
+
+    def __iter__(self):
+        draws = list(self.first) + [(index + self.offset, draw) for index, draw in self.second]
+        order = np.random.default_rng(self.epoch).permutation(len(draws))
+        return iter([draws[i] for i in order])
