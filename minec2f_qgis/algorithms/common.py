@@ -4,16 +4,20 @@ Processing errors, and input layers as files for the engine."""
 from contextlib import contextmanager
 from pathlib import Path
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.core import (QgsCoordinateTransformContext, QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingUtils, QgsVectorFileWriter)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import missing_message, missing_requirements
 from ..resources import ICON_PATH
 
+DEVICES = [("auto", "Auto (GPU if available, else CPU)"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]
+
 
 class MineC2FAlgorithm(QgsProcessingAlgorithm):
     """Base of the MineC2F algorithms. Parameter checks fail first with the pip command when the engine's
     packages are missing, so the algorithms stay listed (and explain themselves) in any QGIS."""
+    BANDS = "BANDS"
 
     def icon(self):
         return QIcon(str(ICON_PATH))
@@ -37,6 +41,19 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
     def process(self, parameters, context, feedback):
         """The algorithm's work, with the engine's packages known to be present."""
         raise NotImplementedError
+
+    def band_mapping(self, parameters, context):
+        """The BANDS parameter ("B02=1,B03=2,...") as a dict, or None when empty (automatic matching)."""
+        text = self.parameterAsString(parameters, self.BANDS, context).strip()
+        if not text:
+            return None
+        from model_core.bands import parse_band_mapping
+        from model_core.errors import InputError
+
+        try:
+            return parse_band_mapping(text)
+        except InputError as error:
+            raise QgsProcessingException(f"{self.BANDS}: {error}") from error
 
 
 @contextmanager
@@ -65,15 +82,30 @@ def layer_file(layer, parameter):
 
 
 def vector_file(layer, parameter):
-    """(file, layer name or None) behind vector ``layer``; memory, database and web layers are refused with how
-    to make them a file."""
+    """A file holding exactly the features of vector ``layer``, for the engine (which reads a file's first layer).
+    A file layer with one layer and no filter is used as it is; anything else (a filtered layer, one layer of a
+    multi-layer GeoPackage, a scratch/memory, database or web layer) is first written to a temporary GeoPackage
+    named after the layer. Call it on the main thread (from prepareAlgorithm): it reads the layer."""
     if layer is None:
         raise QgsProcessingException(f"{parameter}: no layer given or the layer cannot be read; "
                                      f"choose a polygon layer or a GeoPackage / shapefile")
-    path, *options = layer.source().split("|")
-    names = [option.split("=", 1)[1] for option in options if option.startswith("layername=")]
-    if layer.providerType() != "ogr" or not Path(path).is_file():
-        raise QgsProcessingException(
-            f"{parameter}: layer '{layer.name()}' ({layer.providerType()}) is not a vector file on disk; "
-            f"save it as a GeoPackage first (right-click the layer > Export > Save Features As...) and use that")
-    return Path(path), (names[0] if names else None)
+    path = Path(layer.source().split("|")[0])
+    if layer.providerType() == "ogr" and path.is_file() and not layer.subsetString() and _layer_count(path) == 1:
+        return path
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name()) or parameter.lower()
+    copy = Path(QgsProcessingUtils.generateTempFilename(f"{name}.gpkg"))
+    options = QgsVectorFileWriter.SaveVectorOptions()
+    options.driverName, options.layerName = "GPKG", name
+    error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
+        layer, str(copy), QgsCoordinateTransformContext(), options)
+    if error != QgsVectorFileWriter.NoError:
+        raise QgsProcessingException(f"{parameter}: cannot copy layer '{layer.name()}' to a temporary GeoPackage "
+                                     f"({message}); save it as a GeoPackage and use that")
+    return copy
+
+
+def _layer_count(path):
+    from osgeo import ogr
+
+    source = ogr.Open(str(path))
+    return source.GetLayerCount() if source is not None else 0

@@ -9,9 +9,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
-from .common import MineC2FAlgorithm, layer_file
-
-DEVICES = [("auto", "Auto (GPU if available, else CPU)"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]
+from .common import DEVICES, MineC2FAlgorithm, layer_file
 
 HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
 scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
@@ -40,7 +38,6 @@ Output files that exist are replaced, as in every Processing algorithm; a cancel
 class SegmentAlgorithm(MineC2FAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
-    BANDS = "BANDS"
     DEVICE = "DEVICE"
     THRESHOLD = "THRESHOLD"
     MIN_AREA_HA = "MIN_AREA_HA"
@@ -103,7 +100,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             return ok, message
         try:
             layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
-            self._band_mapping(parameters, context)
+            self.band_mapping(parameters, context)
         except QgsProcessingException as error:
             return False, str(error)
         return True, ""
@@ -131,7 +128,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             overlap=self._optional_number(parameters, self.OVERLAP, context, int),
             threshold=self._optional_number(parameters, self.THRESHOLD, context, float),
             min_area_ha=self._optional_number(parameters, self.MIN_AREA_HA, context, float),
-            band_mapping=self._band_mapping(parameters, context), bounds=bounds,
+            band_mapping=self.band_mapping(parameters, context), bounds=bounds,
             overwrite=True,  # Processing's file dialogs already asked; temporary outputs are fresh names
             progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
         feedback.pushInfo(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha "
@@ -148,18 +145,6 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             return None
         value = self.parameterAsDouble(parameters, name, context)
         return kind(value)
-
-    def _band_mapping(self, parameters, context):
-        text = self.parameterAsString(parameters, self.BANDS, context).strip()
-        if not text:
-            return None
-        from model_core.bands import parse_band_mapping
-        from model_core.errors import InputError
-
-        try:
-            return parse_band_mapping(text)
-        except InputError as error:
-            raise QgsProcessingException(f"{self.BANDS}: {error}") from error
 
     def _output_path(self, parameters, name, context, suffixes):
         """The destination file of output ``name``; the engine writes GeoTIFF and GeoPackage files only."""
