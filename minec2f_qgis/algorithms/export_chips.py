@@ -1,0 +1,77 @@
+"""minec2f:export_chips - the training chips of rasters + polygons as GeoTIFF image/mask pairs."""
+
+from pathlib import Path
+
+from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
+                       QgsProcessingParameterNumber)
+
+from .training import INPUTS_HELP, LabelledDataAlgorithm
+
+HELP = f"""Cuts rasters and footprint polygons into the square chips a MineC2F training sees, and writes them as \
+GeoTIFF pairs, to inspect the labels or to train with other tools.
+<h3>Parameters</h3>
+{INPUTS_HELP}
+<b>Chip size / stride</b>: chip width in pixels and the step between chips (not set: the chip size, no overlap); \
+the last row and column of chips are flush with the raster edge. Chips with less than a quarter of labelled \
+pixels are skipped.
+<h3>Outputs</h3>
+<b>Output folder</b>: <code>image/</code> (all raster bands, original values), <code>mask/</code> (1 footprint, \
+0 background, 255 ignored) and <code>index.csv</code> (file names, train/val split by location, footprint share, \
+hard negatives). The folder appears only when complete. An existing folder is replaced only when it is empty or \
+holds an earlier export (index.csv, image/, mask/); any other folder is refused. CHIP_COUNT: chips written."""
+
+EXPORT_CONTENTS = {"index.csv", "image", "mask"}
+
+
+class ExportChipsAlgorithm(LabelledDataAlgorithm):
+    STRIDE = "STRIDE"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+    CHIP_COUNT = "CHIP_COUNT"
+
+    def name(self):
+        return "export_chips"
+
+    def displayName(self):  # noqa: N802 (QGIS API)
+        return "Export training chips"
+
+    def shortDescription(self):  # noqa: N802 (QGIS API)
+        return "Training chips of rasters and footprint polygons as GeoTIFF image/mask pairs"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API)
+        return HELP
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_data_parameters()
+        self.addParameter(QgsProcessingParameterNumber(
+            self.STRIDE, "Stride in pixels (not set: the chip size)", QgsProcessingParameterNumber.Integer,
+            optional=True, minValue=1))
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
+        self.addOutput(QgsProcessingOutputNumber(self.CHIP_COUNT, "Number of chips"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.output_folder(parameters, context)
+        except QgsProcessingException as error:
+            return False, str(error)
+        return True, ""
+
+    def output_folder(self, parameters, context):
+        """The output folder; one that exists must be empty or an earlier export, which is then replaced."""
+        folder = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_FOLDER, context))
+        if folder.exists() and not (folder.is_dir() and {p.name for p in folder.iterdir()} <= EXPORT_CONTENTS):
+            raise QgsProcessingException(f"{self.OUTPUT_FOLDER}: {folder} exists and holds other files; choose an "
+                                         f"empty or new folder (an earlier chip export is replaced)")
+        return folder
+
+    def process(self, parameters, context, feedback):
+        from model_core.data import export_chips
+
+        stride = self.parameterAsInt(parameters, self.STRIDE, context) if parameters.get(self.STRIDE) else None
+        result = export_chips(
+            self.rasters, self.polygons, self.output_folder(parameters, context), extent=self.extent,
+            chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context), stride=stride, overwrite=True,
+            progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+        return {self.OUTPUT_FOLDER: result.out_dir, self.CHIP_COUNT: result.train_count + result.val_count}

@@ -1,0 +1,92 @@
+"""minec2f:finetune_student - a student model fine-tuned from a teacher on precisely digitised polygons."""
+
+from pathlib import Path
+
+from qgis.core import (QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterFile,
+                       QgsProcessingParameterNumber)
+
+from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
+
+# model_core.train.STUDENT_METHODS without "joint": that baseline also needs the teacher's coarse training data,
+# a research comparison run from the command line (python -m model_core finetune --method joint).
+METHODS = [("minec2f", "MineC2F: attentive feature and prediction distillation (recommended)"),
+           ("kd", "Plain distillation (no attention)"),
+           ("finetune", "Plain fine-tuning (no distillation)"),
+           ("fine_only", "Precise polygons only (from scratch, teacher ignored)")]
+
+HELP = f"""Fine-tunes a student model from a teacher (the bundled model or one made with <i>Train teacher on \
+coarse polygons</i>) on footprints you digitised precisely, so that it learns your exact boundaries and \
+keeps what the teacher knows elsewhere.
+<h3>Parameters</h3>
+<b>Teacher model</b>: a MineC2F .safetensors file; by default the model bundled with the plugin. The student has \
+its network, bands and normalisation.
+{INPUTS_HELP}
+<b>Method</b>: MineC2F starts from the teacher and pulls the student towards the teacher's features and \
+predictions where the teacher agrees with your polygons (attentive distillation), freeing it where the \
+teacher's coarse boundaries are wrong. The others are baselines for comparison.
+<b>Feature / prediction distillation weight, temperature</b> (advanced): weights of the two distillation terms \
+against the segmentation loss, and the softening of the teacher's predictions.
+{TRAINING_HELP}"""
+
+
+class FinetuneStudentAlgorithm(TrainingAlgorithm):
+    TEACHER = "TEACHER"
+    METHOD = "METHOD"
+    LAMBDA_FEAT = "LAMBDA_FEAT"
+    LAMBDA_PRED = "LAMBDA_PRED"
+    TEMPERATURE = "TEMPERATURE"
+    POLYGONS_LABEL = "Precise footprint polygons"
+    EPOCHS_DEFAULT = 20
+    # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps (as the CLI)
+    BATCH_DEFAULT = 4
+    CHIP_SIZE_DEFAULT = 128
+    LEARNING_RATE_DEFAULT = 5e-4
+
+    def name(self):
+        return "finetune_student"
+
+    def displayName(self):  # noqa: N802 (QGIS API)
+        return "Fine-tune student on precise polygons"
+
+    def shortDescription(self):  # noqa: N802 (QGIS API)
+        return "A MineC2F student model fine-tuned from a teacher on precisely digitised polygons"
+
+    def shortHelpString(self):  # noqa: N802 (QGIS API)
+        return HELP
+
+    def method_parameters(self):
+        from model_core.paths import DEFAULT_MODEL
+
+        parameters = [
+            QgsProcessingParameterFile(self.TEACHER, "Teacher model", extension="safetensors",
+                                       defaultValue=str(DEFAULT_MODEL)),
+            QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
+                                       defaultValue=0)]
+        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", 1.0),
+                                     (self.LAMBDA_PRED, "Prediction distillation weight", 1.0),
+                                     (self.TEMPERATURE, "Distillation temperature", 2.0)):
+            parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
+                                                     defaultValue=default, minValue=0.0)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameters.append(parameter)
+        return parameters
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+        ok, message = super().checkParameterValues(parameters, context)
+        if ok and self.output_model(parameters, context).resolve() == self.teacher(parameters, context).resolve():
+            return False, f"{self.OUTPUT_MODEL}: that is the teacher model; choose another file name"
+        return ok, message
+
+    def teacher(self, parameters, context):
+        return Path(self.parameterAsFile(parameters, self.TEACHER, context))
+
+    def method_config(self, parameters, context):
+        return {"method": METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0],
+                "lambda_feat": self.parameterAsDouble(parameters, self.LAMBDA_FEAT, context),
+                "lambda_pred": self.parameterAsDouble(parameters, self.LAMBDA_PRED, context),
+                "temperature": self.parameterAsDouble(parameters, self.TEMPERATURE, context)}
+
+    def train(self, parameters, context, rasters, polygons, out, **options):
+        from model_core.train import finetune_student
+
+        return finetune_student(self.teacher(parameters, context), rasters, polygons, out, **options)

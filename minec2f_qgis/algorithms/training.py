@@ -1,0 +1,189 @@
+"""What the training algorithms share: rasters + polygons (+ labelled extent) as engine inputs
+(:class:`LabelledDataAlgorithm`, also used by export_chips), and the training parameters, run and outputs
+(:class:`TrainingAlgorithm`, specialised by train_teacher and finetune_student)."""
+
+from pathlib import Path
+
+from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
+                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
+
+from .common import DEVICES, MineC2FAlgorithm, layer_file, vector_file
+
+INPUTS_HELP = """<b>Rasters</b>: one or more multispectral scenes saved as files (GeoTIFF, VRT, ...), any CRS.
+<b>{polygons}</b>: footprint polygons, any CRS (reprojected to each raster). A filtered layer, one layer of a \
+multi-layer GeoPackage or a scratch layer is copied to a temporary GeoPackage first.
+<b>Labelled extent</b>: polygons of the area where every footprint is digitised. Outside it pixels are ignored; \
+inside it everything that is not a footprint is background. Not set: every raster is labelled everywhere, so only \
+leave it out when the polygons are complete over the rasters."""
+
+TRAINING_HELP = """<b>Epochs</b>: passes over the training chips; training stops early when the validation IoU \
+has not improved for several epochs. <b>Batch size</b>: chips per step; lower it when memory runs out or the \
+polygons give too few chips. <b>Chip size</b>: square training windows in pixels (a multiple of 16). \
+<b>Learning rate</b>: AdamW step size, warmed up then decayed.
+<b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one; on a CPU expect minutes per epoch.
+<b>Band mapping</b> (advanced): raster band for each model band, e.g. <code>B02=1,B03=2,...</code>, for all \
+rasters. Empty: matched by band descriptions or standard band orders.
+<b>Resume</b>: continue a cancelled or failed run writing the same model file, from the checkpoint \
+<i>model</i>.resume.safetensors saved after each epoch.
+<h3>Outputs</h3>
+<b>Model</b>: the .safetensors bundle of the best epoch (validation IoU on chips held out by location), with its \
+recommended threshold, training summary and scores; it is written when the first epoch ends and replaced when a \
+later epoch does better. An existing file is replaced, as in every Processing algorithm. Cancelling keeps the \
+best model so far; before the first epoch ends nothing is written. Beside it: <i>model</i>.log.csv (one row per \
+epoch) and <i>model</i>.curves.png (loss and validation curves). BEST_EPOCH, VAL_IOU and VAL_F1 are the best \
+epoch and its scores at the model's recommended threshold."""
+
+
+class LabelledDataAlgorithm(MineC2FAlgorithm):
+    """Rasters, footprint polygons and an optional labelled extent, resolved to files on the main thread in
+    prepareAlgorithm (a scratch layer is read there) and kept in ``self.rasters``, ``self.polygons``,
+    ``self.extent``."""
+    RASTERS = "RASTERS"
+    POLYGONS = "POLYGONS"
+    EXTENT = "EXTENT"
+    CHIP_SIZE = "CHIP_SIZE"
+    POLYGONS_LABEL = "Footprint polygons"
+    CHIP_SIZE_DEFAULT = 256
+
+    def add_data_parameters(self):
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTERS, "Rasters", QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.POLYGONS, self.POLYGONS_LABEL, [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.EXTENT, "Labelled extent (not set: the rasters are labelled everywhere)",
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CHIP_SIZE, "Chip size in pixels", QgsProcessingParameterNumber.Integer,
+            defaultValue=self.CHIP_SIZE_DEFAULT, minValue=32))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.raster_files(parameters, context)
+            if self.parameterAsVectorLayer(parameters, self.POLYGONS, context) is None:
+                raise QgsProcessingException(f"{self.POLYGONS}: no layer given or the layer cannot be read; "
+                                             f"choose a polygon layer or a GeoPackage / shapefile")
+        except QgsProcessingException as error:
+            return False, str(error)
+        return True, ""
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        self.rasters = self.raster_files(parameters, context)
+        self.polygons = vector_file(self.parameterAsVectorLayer(parameters, self.POLYGONS, context), self.POLYGONS)
+        extent = self.parameterAsVectorLayer(parameters, self.EXTENT, context)
+        self.extent = vector_file(extent, self.EXTENT) if extent is not None else None
+        return True
+
+    def raster_files(self, parameters, context):
+        layers = self.parameterAsLayerList(parameters, self.RASTERS, context)
+        if not layers:
+            raise QgsProcessingException(f"{self.RASTERS}: no raster given; choose at least one raster layer")
+        return [layer_file(layer, self.RASTERS) for layer in layers]
+
+
+class TrainingAlgorithm(LabelledDataAlgorithm):
+    """A training run: subclasses give their defaults, :meth:`method_parameters`, :meth:`method_config` and
+    :meth:`train` (the engine call)."""
+    EPOCHS = "EPOCHS"
+    BATCH = "BATCH"
+    LEARNING_RATE = "LEARNING_RATE"
+    DEVICE = "DEVICE"
+    RESUME = "RESUME"
+    OUTPUT_MODEL = "OUTPUT_MODEL"
+    OUTPUT_LOG = "OUTPUT_LOG"
+    OUTPUT_CURVES = "OUTPUT_CURVES"
+    BEST_EPOCH = "BEST_EPOCH"
+    VAL_IOU = "VAL_IOU"
+    VAL_F1 = "VAL_F1"
+    EPOCHS_DEFAULT = 30
+    BATCH_DEFAULT = 8
+    LEARNING_RATE_DEFAULT = 1e-3
+
+    def method_parameters(self):
+        """Parameters of this kind of training, added after the labelled data."""
+        return []
+
+    def method_config(self, parameters, context):
+        """TrainConfig fields from :meth:`method_parameters`."""
+        return {}
+
+    def train(self, parameters, context, rasters, polygons, out, **options):
+        """Run the engine; returns its TrainResult."""
+        raise NotImplementedError
+
+    def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
+        self.add_data_parameters()
+        for parameter in self.method_parameters():
+            self.addParameter(parameter)
+        for name, label, default in ((self.EPOCHS, "Epochs", self.EPOCHS_DEFAULT),
+                                     (self.BATCH, "Batch size", self.BATCH_DEFAULT)):
+            self.addParameter(QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
+                                                           defaultValue=default, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.LEARNING_RATE, "Learning rate", QgsProcessingParameterNumber.Double,
+            defaultValue=self.LEARNING_RATE_DEFAULT, minValue=1e-7, maxValue=1.0))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.DEVICE, "Device", options=[label for _, label in DEVICES], defaultValue=0))
+        bands = QgsProcessingParameterString(self.BANDS, "Band mapping, e.g. B02=1,B03=2,... (empty: automatic)",
+                                             optional=True)
+        bands.setFlags(bands.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(bands)
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.RESUME, "Resume an interrupted run of this model file", defaultValue=False))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_MODEL, "Model", fileFilter="MineC2F model (*.safetensors)"))
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_LOG, "Training log (CSV)"))
+        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_CURVES, "Training curves (PNG)"))
+        self.addOutput(QgsProcessingOutputNumber(self.BEST_EPOCH, "Best epoch"))
+        self.addOutput(QgsProcessingOutputNumber(self.VAL_IOU, "Validation IoU"))
+        self.addOutput(QgsProcessingOutputNumber(self.VAL_F1, "Validation F1"))
+
+    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.output_model(parameters, context)
+            self.band_mapping(parameters, context)
+        except QgsProcessingException as error:
+            return False, str(error)
+        return True, ""
+
+    def output_model(self, parameters, context):
+        path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        if not path.lower().endswith(".safetensors"):
+            raise QgsProcessingException(f"{self.OUTPUT_MODEL}: {path} is not a .safetensors file; give a file "
+                                         f"name ending in .safetensors")
+        return Path(path)
+
+    def process(self, parameters, context, feedback):
+        from model_core.bundle import read_spec
+        from model_core.train import TrainConfig, resume_path
+
+        out = self.output_model(parameters, context)
+        resume = self.parameterAsBoolean(parameters, self.RESUME, context)
+        if resume and not resume_path(out).exists():
+            feedback.pushWarning(f"no checkpoint {resume_path(out).name} to resume from; training from the start")
+        config = TrainConfig(
+            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            batch=self.parameterAsInt(parameters, self.BATCH, context),
+            chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
+            lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
+            **self.method_config(parameters, context))
+        result = self.train(
+            parameters, context, self.rasters, self.polygons, out, extent=self.extent, config=config,
+            band_mapping=self.band_mapping(parameters, context),
+            overwrite=True,  # Processing's file dialog already asked; temporary outputs are fresh names
+            resume=resume, progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+        metrics = read_spec(result.bundle_path).metrics
+        feedback.pushInfo(f"best epoch {result.best_epoch}: validation IoU {metrics['val_iou']:.3f}, "
+                          f"F1 {metrics['val_f1']:.3f}; model {result.bundle_path}")
+        return {self.OUTPUT_MODEL: str(result.bundle_path), self.OUTPUT_LOG: str(result.log_path),
+                self.OUTPUT_CURVES: str(result.curves_path) if result.curves_path.exists() else None,
+                self.BEST_EPOCH: result.best_epoch, self.VAL_IOU: metrics["val_iou"],
+                self.VAL_F1: metrics["val_f1"]}
