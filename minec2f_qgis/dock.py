@@ -1,23 +1,26 @@
 """The MineC2F dock: pick a raster, a model and settings, run minec2f:segment as a background task, and see the
-results on the map."""
+results on the map; or fine-tune the model on footprints digitised over the raster (minec2f:finetune_student)."""
 
+import re
 import time
 from pathlib import Path
 
 from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProcessingAlgRunnerTask, QgsProcessingContext,
                        QgsProcessingException, QgsProcessingFeedback, QgsProcessingUtils, QgsProject)
-from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                                 QLabel, QProgressBar, QPushButton, QScrollArea, QTableWidget, QVBoxLayout, QWidget)
+                                 QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox, QTableWidget,
+                                 QVBoxLayout, QWidget)
 
-from . import dependencies
-from .algorithms.common import layer_file
-from .algorithms.segment import DEVICES
+from . import dependencies, models
+from .algorithms.common import DEVICES, layer_file
+from .algorithms.finetune_student import FinetuneStudentAlgorithm
 from .layers import add_results
 from .models import available_models, model_card
 
 ALGORITHM_ID = "minec2f:segment"
+FINETUNE_ID = "minec2f:finetune_student"
 
 
 class CollectingFeedback(QgsProcessingFeedback):
@@ -48,6 +51,7 @@ class MineC2FDock(QgsDockWidget):
         if self.missing:
             self.status.setText(dependencies.missing_message(self.missing))
             self.run_button.setEnabled(False)
+            self.finetune_button.setEnabled(False)
             return
         self.refresh_models()
         self._fill_devices()
@@ -108,6 +112,7 @@ class MineC2FDock(QgsDockWidget):
         self.folder_widget.lineEdit().setPlaceholderText("temporary folder")
         form.addRow("Output folder", self.folder_widget)
         column.addWidget(settings)
+        column.addWidget(self._build_finetune())
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Segment mining footprints")
@@ -132,6 +137,39 @@ class MineC2FDock(QgsDockWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
         self.setWidget(scroll)
+
+    def _build_finetune(self):
+        box = QgsCollapsibleGroupBox("Fine-tune the model on your footprints")
+        box.setObjectName("MineC2FFinetune")
+        box.setCollapsed(True)
+        form = QFormLayout(box)
+        hint = QLabel("Trains a new model from the selected model on the raster above and footprints you "
+                      "digitised precisely on it; the new model is added to the model list.")
+        hint.setWordWrap(True)
+        form.addRow(hint)
+        self.polygons_box = QgsMapLayerComboBox()
+        self.polygons_box.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygons_box.setToolTip("Polygon layer of the footprints you digitised")
+        form.addRow("Footprints", self.polygons_box)
+        self.extent_box = QgsMapLayerComboBox()
+        self.extent_box.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.extent_box.setAllowEmptyLayer(True, "whole raster")
+        self.extent_box.setLayer(None)
+        self.extent_box.setToolTip("Where every footprint is digitised: outside it nothing is learnt, inside it "
+                                   "everything that is not a footprint is background. 'Whole raster' only when "
+                                   "your footprints are complete over the raster.")
+        form.addRow("Labelled extent", self.extent_box)
+        self.epochs_box = QSpinBox()
+        self.epochs_box.setRange(1, 500)
+        self.epochs_box.setValue(FinetuneStudentAlgorithm.EPOCHS_DEFAULT)
+        form.addRow("Epochs", self.epochs_box)
+        self.model_name = QLineEdit()
+        self.model_name.setPlaceholderText("automatic: <raster>_finetuned")
+        form.addRow("New model name", self.model_name)
+        self.finetune_button = QPushButton("Fine-tune")
+        self.finetune_button.clicked.connect(self.finetune)
+        form.addRow(self.finetune_button)
+        return box
 
     def _fill_devices(self):
         from model_core.device import resolve_device
@@ -218,17 +256,21 @@ class MineC2FDock(QgsDockWidget):
         return ",".join(pairs)
 
     # ---- running
-    def parameters(self):
-        """minec2f:segment parameters for the current choices, with output names that overwrite nothing."""
-        from model_core.pipeline import output_paths
-
+    def inputs(self):
+        """(raster file, model entry) of the current choices; raises QgsProcessingException for a missing one."""
         layer = self.layer_box.currentLayer()
         entry = self.current_model()
         if layer is None:
             raise QgsProcessingException("choose a raster layer first (add one to the project if the list is empty)")
         if entry is None or entry.spec is None:
             raise QgsProcessingException(entry.error if entry else "no model found; reinstall the plugin")
-        input_path = layer_file(layer, "Raster")
+        return layer_file(layer, "Raster"), entry
+
+    def parameters(self):
+        """minec2f:segment parameters for the current choices, with output names that overwrite nothing."""
+        from model_core.pipeline import output_paths
+
+        input_path, entry = self.inputs()
         folder = Path(self.folder_widget.filePath() or QgsProcessingUtils.tempFolder())
         number = 1
         while True:
@@ -243,6 +285,35 @@ class MineC2FDock(QgsDockWidget):
                 "OUTPUT_PROBABILITY": str(paths[0]), "OUTPUT_MASK": str(paths[1]),
                 "OUTPUT_FOOTPRINTS": str(paths[2])}
 
+    def finetune_parameters(self):
+        """minec2f:finetune_student parameters: the selected model as teacher, the selected raster and band
+        mapping, the digitised footprints; the new model is written to the user models folder."""
+        input_path, entry = self.inputs()
+        polygons = self.polygons_box.currentLayer()
+        if polygons is None:
+            raise QgsProcessingException("choose the polygon layer of the footprints you digitised (add one to the "
+                                         "project if the list is empty)")
+        folder = models.user_models_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        name = self.model_name.text().strip()
+        if not name:
+            number = 1
+            while True:
+                name = f"{input_path.stem}_finetuned" + (f"_{number}" if number > 1 else "")
+                if not (folder / f"{name}.safetensors").exists():
+                    break
+                number += 1
+        elif not re.fullmatch(r"[\w-]+", name):
+            raise QgsProcessingException(f"model name '{name}': use letters, digits, '-' and '_' only")
+        elif (folder / f"{name}.safetensors").exists():
+            raise QgsProcessingException(f"a model named '{name}' exists already; choose another name")
+        extent = self.extent_box.currentLayer()
+        return {"TEACHER": str(entry.path), "RASTERS": [str(input_path)], "POLYGONS": polygons.id(),
+                "EXTENT": extent.id() if extent is not None else None, "METHOD": 0,
+                "EPOCHS": self.epochs_box.value(), "BANDS": self.band_mapping_text(),
+                "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
+                "OUTPUT_MODEL": str(folder / f"{name}.safetensors")}
+
     def run(self):
         """Start minec2f:segment as a background task (QGIS stays responsive)."""
         try:
@@ -250,37 +321,58 @@ class MineC2FDock(QgsDockWidget):
         except QgsProcessingException as error:
             self.show_error(error.args[0] if error.args else str(error))
             return
-        algorithm = QgsApplication.processingRegistry().createAlgorithmById(ALGORITHM_ID)
+        self.input_name = self.layer_box.currentLayer().name()
+        self.start(ALGORITHM_ID, parameters, "Segmenting...", self.segmented)
+
+    def finetune(self):
+        """Start minec2f:finetune_student as a background task, into the user models folder."""
+        try:
+            parameters = self.finetune_parameters()
+        except QgsProcessingException as error:
+            self.show_error(error.args[0] if error.args else str(error))
+            return
+        self.start(FINETUNE_ID, parameters, "Fine-tuning (minutes to hours on a CPU)...", self.finetuned)
+
+    def start(self, algorithm_id, parameters, message, done):
+        """Run ``algorithm_id`` as a background task; ``done(results, parameters)`` follows success (results)
+        or cancelling (None); a failure shows its error."""
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
         self.context = QgsProcessingContext()
         self.context.setProject(QgsProject.instance())
         self.feedback = CollectingFeedback()
         self.feedback.progressChanged.connect(lambda percent: self.progress.setValue(int(percent)))
         self.task = QgsProcessingAlgRunnerTask(algorithm, parameters, self.context, self.feedback)
-        self.task.executed.connect(lambda ok, results: self.finished(ok, results, parameters))
+        self.task.executed.connect(lambda ok, results: self.finished(ok, results, parameters, done))
         self.started = time.monotonic()
-        self.input_name = self.layer_box.currentLayer().name()
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.set_running(True)
         self.progress.setValue(0)
-        self.status.setText("Segmenting...")
+        self.status.setText(message)
         QgsApplication.taskManager().addTask(self.task)
+
+    def set_running(self, running):
+        self.run_button.setEnabled(not running)
+        self.finetune_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
 
     def cancel(self):
         if self.task is not None:
             self.status.setText("Cancelling...")
             self.task.cancel()
 
-    def finished(self, ok, results, parameters):
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+    def finished(self, ok, results, parameters, done):
+        self.set_running(False)
         canceled = self.feedback.isCanceled()
         self.task = None
         if not ok:
             self.progress.setValue(0)
-            if canceled:
-                self.status.setText("Cancelled; no output was written.")
-            else:
+            if not canceled:
                 self.show_error(self.feedback.errors[-1] if self.feedback.errors else "the run failed; see the log")
+                return
+        done(results if ok else None, parameters)
+
+    def segmented(self, results, parameters):
+        if results is None:
+            self.status.setText("Cancelled; no output was written.")
             return
         canvas = self.iface.mapCanvas() if self.iface is not None else None
         add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
@@ -289,6 +381,21 @@ class MineC2FDock(QgsDockWidget):
         self.status.setText(f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b>"
                             f" in {seconds:.1f} s; files in {folder.name}/")
         self.status.setToolTip(str(folder))
+
+    def finetuned(self, results, parameters):
+        """Offer the new model (or, after cancelling, the best one so far) in the model list, selected."""
+        model = Path(parameters["OUTPUT_MODEL"])
+        if model.exists():
+            self.refresh_models(select=model)
+        if results is None:
+            self.status.setText(f"Cancelled; the best model so far is kept as {model.stem}." if model.exists()
+                                else "Cancelled; no model was written.")
+            return
+        minutes = (time.monotonic() - self.started) / 60
+        self.status.setText(f"<b>New model {model.stem}</b> (selected above): validation IoU "
+                            f"{results['VAL_IOU']:.3f}, F1 {results['VAL_F1']:.3f} at epoch "
+                            f"{int(results['BEST_EPOCH'])}, in {minutes:.1f} min")
+        self.status.setToolTip(str(model))
 
     def show_error(self, message):
         self.status.setText(f"<span style='color:#b00'>{message}</span>")

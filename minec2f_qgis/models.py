@@ -20,13 +20,15 @@ class ModelEntry:
 
 
 def available_models():
-    """ModelEntry for the bundled model (first) and each bundle in :func:`user_models_dir`, sorted by name.
+    """ModelEntry for the bundled model (first) and each bundle in :func:`user_models_dir` (not the resume
+    checkpoints an interrupted training leaves there), sorted by name.
     A bundle that cannot be read is listed with its error, so the user sees why it is unusable."""
     from model_core.bundle import read_spec
     from model_core.errors import MineC2FError
     from model_core.paths import DEFAULT_MODEL
 
-    paths = [(DEFAULT_MODEL, "bundled")] + [(path, "user") for path in sorted(user_models_dir().glob("*.safetensors"))]
+    paths = [(DEFAULT_MODEL, "bundled")] + [(path, "user") for path in sorted(user_models_dir().glob("*.safetensors"))
+                                            if not path.name.endswith(".resume.safetensors")]
     entries = []
     for path, origin in paths:
         try:
