@@ -1,0 +1,236 @@
+"""minec2f:train_teacher, minec2f:finetune_student and minec2f:export_chips through processing.run on a small
+synthetic scene (tiny trainings: 64 px chips, one epoch), cancel and resume, bad inputs; and the dock's
+Fine-tune section driven as a user would."""
+
+import csv
+import time
+
+import numpy as np
+import pytest
+from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+
+import processing
+from minec2f_qgis import models
+from minec2f_qgis.dock import MineC2FDock
+
+TINY = {"EPOCHS": 1, "BATCH": 2, "CHIP_SIZE": 64, "DEVICE": 1}  # DEVICE 1 = CPU
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One CPU thread: on a machine shared with other jobs, two OpenMP threads per step are far slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 192 px synthetic Sentinel-2 L2A-like scene with two mines: paths of image, fine and coarse polygons."""
+    from model_core.synthetic import make_scene, write_scene
+
+    return write_scene(make_scene(192, seed=3, mines=2), tmp_path_factory.mktemp("scene"), "scene")
+
+
+def polygon_layer(name, rectangles, crs="EPSG:32633"):
+    """A scratch (memory) polygon layer of ``rectangles`` (xmin, ymin, xmax, ymax)."""
+    layer = QgsVectorLayer(f"Polygon?crs={crs}", name, "memory")
+    features = []
+    for rectangle in rectangles:
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(*rectangle)))
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def train(algorithm, **parameters):
+    return processing.run(f"minec2f:{algorithm}", {**TINY, **parameters})
+
+
+def test_train_teacher_writes_bundle_log_and_curves(plugin, scene, tmp_path):
+    from model_core.bundle import load_bundle
+
+    out = tmp_path / "teacher.safetensors"
+    results = train("train_teacher", RASTERS=[str(scene["image"])], POLYGONS=str(scene["coarse_polygons"]),
+                    OUTPUT_MODEL=str(out))
+
+    bundle = load_bundle(out)
+    assert results["OUTPUT_MODEL"] == str(out) and bundle.spec.role == "teacher"
+    assert bundle.spec.training["polygons"] == "scene_coarse.gpkg"  # the file itself, not a temporary copy
+    assert results["BEST_EPOCH"] == 1
+    assert results["VAL_IOU"] == pytest.approx(bundle.spec.metrics["val_iou"])
+    assert 0.0 <= results["VAL_IOU"] <= results["VAL_F1"] <= 1.0
+    with open(results["OUTPUT_LOG"]) as stream:
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["1"]
+    assert results["OUTPUT_CURVES"] == str(tmp_path / "teacher.curves.png")
+
+
+def test_finetune_student_records_its_teacher(plugin, scene, tiny_bundle_path, tmp_path):
+    from model_core.bundle import file_sha256, load_bundle
+
+    polygons = QgsVectorLayer(str(scene["fine_polygons"]), "my footprints", "ogr")
+    polygons.setSubsetString("fid > 0")  # a filtered layer is copied with its filter applied
+    bounds = QgsRasterLayer(str(scene["image"]), "scene").extent()
+    extent = polygon_layer("extent", [(bounds.xMinimum(), bounds.yMinimum(), bounds.xMaximum(), bounds.yMaximum())])
+    out = tmp_path / "student.safetensors"
+    results = train("finetune_student", TEACHER=str(tiny_bundle_path), RASTERS=[str(scene["image"])],
+                    POLYGONS=polygons, EXTENT=extent, LAMBDA_FEAT=0.5, OUTPUT_MODEL=str(out))
+
+    spec = load_bundle(out).spec
+    assert (spec.role, spec.method) == ("student", "minec2f")
+    assert spec.parent_hash == file_sha256(tiny_bundle_path)
+    assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["lr"] == pytest.approx(5e-4)
+    assert spec.training["polygons"] == "my_footprints.gpkg" and spec.training["extent"] == "extent.gpkg"
+    assert results["BEST_EPOCH"] == 1 and (tmp_path / "student.log.csv").exists()
+
+
+def test_student_methods_are_the_engines_without_joint():
+    from minec2f_qgis.algorithms.finetune_student import METHODS
+    from model_core.train import STUDENT_METHODS
+
+    assert [key for key, _ in METHODS] == [method for method in STUDENT_METHODS if method != "joint"]
+
+
+class CancelAt(QgsProcessingFeedback):
+    """Cancels once progress reaches ``percent``."""
+
+    def __init__(self, percent):
+        super().__init__()
+        self.percent = percent
+
+    def setProgress(self, progress):  # noqa: N802 (QGIS API)
+        super().setProgress(progress)
+        if progress >= self.percent:
+            self.cancel()
+
+
+def test_cancel_before_the_first_epoch_ends_writes_nothing(plugin, scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run("minec2f:train_teacher", {
+            **TINY, "RASTERS": [str(scene["image"])], "POLYGONS": str(scene["coarse_polygons"]),
+            "OUTPUT_MODEL": str(tmp_path / "teacher.safetensors")}, feedback=CancelAt(0))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_keeps_the_best_epoch_and_resume_finishes_the_run(plugin, scene, tmp_path):
+    out = tmp_path / "teacher.safetensors"
+    parameters = {**TINY, "EPOCHS": 2, "RASTERS": [str(scene["image"])], "POLYGONS": str(scene["coarse_polygons"]),
+                  "OUTPUT_MODEL": str(out)}
+    with pytest.raises(QgsProcessingException, match="cancelled in epoch 2"):
+        processing.run("minec2f:train_teacher", parameters, feedback=CancelAt(51))
+    assert out.exists() and (tmp_path / "teacher.resume.safetensors").exists()
+
+    feedback = QgsProcessingFeedback()
+    results = processing.run("minec2f:train_teacher", {**parameters, "RESUME": True}, feedback=feedback)
+
+    assert "resumed from teacher.resume.safetensors after epoch 1" in feedback.textLog()
+    assert results["BEST_EPOCH"] in (1, 2) and not (tmp_path / "teacher.resume.safetensors").exists()
+    with open(results["OUTPUT_LOG"]) as stream:
+        assert [row["epoch"] for row in csv.DictReader(stream)] == ["1", "2"]
+
+
+def test_polygons_that_miss_the_raster_are_refused(plugin, scene, tmp_path):
+    far_away = polygon_layer("far away", [(600000, 5700000, 601000, 5701000)])
+    with pytest.raises(QgsProcessingException, match="none of the 1 polygons overlap the raster extent"):
+        train("train_teacher", RASTERS=[str(scene["image"])], POLYGONS=far_away,
+              OUTPUT_MODEL=str(tmp_path / "teacher.safetensors"))
+
+
+def test_teacher_bands_the_raster_lacks_are_named(plugin, scene, tiny_bundle_path, make_raster, tmp_path):
+    rgb = make_raster("rgb.tif", np.full((3, 128, 128), 1500, dtype=np.uint16))
+    with pytest.raises(QgsProcessingException, match="the teacher tiny.safetensors needs bands the raster lacks"):
+        train("finetune_student", TEACHER=str(tiny_bundle_path), RASTERS=[str(rgb)],
+              POLYGONS=str(scene["fine_polygons"]), OUTPUT_MODEL=str(tmp_path / "student.safetensors"))
+
+
+@pytest.mark.parametrize("output, message", [("model.pt", "is not a .safetensors file"),
+                                             ("teacher", "that is the teacher model")])
+def test_bad_output_model_fails_validation(plugin, scene, tiny_bundle_path, output, message):
+    output = str(tiny_bundle_path) if output == "teacher" else output
+    with pytest.raises(QgsProcessingException, match=message):
+        train("finetune_student", TEACHER=str(tiny_bundle_path), RASTERS=[str(scene["image"])],
+              POLYGONS=str(scene["fine_polygons"]), OUTPUT_MODEL=output)
+
+
+def test_export_chips_writes_counted_pairs_and_replaces_only_an_earlier_export(plugin, scene, tmp_path):
+    folder = tmp_path / "chips"
+    parameters = {"RASTERS": [str(scene["image"])], "POLYGONS": str(scene["fine_polygons"]), "CHIP_SIZE": 64,
+                  "OUTPUT_FOLDER": str(folder)}
+    results = processing.run("minec2f:export_chips", parameters)
+
+    with open(folder / "index.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert results["OUTPUT_FOLDER"] == str(folder) and results["CHIP_COUNT"] == len(rows) == 9  # 3 x 3 chips
+    assert len(list((folder / "image").glob("*.tif"))) == len(list((folder / "mask").glob("*.tif"))) == 9
+    assert {row["split"] for row in rows} == {"train", "val"}
+
+    results = processing.run("minec2f:export_chips", {**parameters, "STRIDE": 32})  # replaces the earlier export
+    with open(folder / "index.csv") as stream:
+        assert results["CHIP_COUNT"] == len(list(csv.DictReader(stream))) > 9  # overlapping chips
+    assert len(list((folder / "image").glob("*.tif"))) == results["CHIP_COUNT"]
+    (folder / "notes.txt").write_text("not a chip")
+    with pytest.raises(QgsProcessingException, match="holds other files"):
+        processing.run("minec2f:export_chips", parameters)
+
+
+# ------------------------------------------------------------------------------------------------ dock
+
+@pytest.fixture
+def dock(plugin, qgis_iface, tiny_bundle_path, tmp_path, monkeypatch):
+    """The dock over a 320 px synthetic scene (enough 128 px chips), the tiny bundle selected as the model."""
+    from model_core.synthetic import make_scene, write_scene
+
+    user_models = tmp_path / "user_models"
+    user_models.mkdir()
+    (user_models / "tiny.safetensors").write_bytes(tiny_bundle_path.read_bytes())
+    monkeypatch.setattr(models, "user_models_dir", lambda: user_models)
+    paths = write_scene(make_scene(320, seed=3, mines=2), tmp_path, "area")
+    QgsProject.instance().clear()
+    raster = QgsRasterLayer(str(paths["image"]), "Area")
+    footprints = QgsVectorLayer(str(paths["fine_polygons"]), "Digitised footprints", "ogr")
+    QgsProject.instance().addMapLayers([raster, footprints])
+    qgis_iface.setActiveLayer(raster)
+    widget = MineC2FDock(qgis_iface)
+    widget.refresh_models(select=user_models / "tiny.safetensors")
+    yield widget
+    widget.deleteLater()
+    QgsProject.instance().clear()
+
+
+def wait_for_task(dock, timeout=90):
+    deadline = time.monotonic() + timeout
+    while dock.task is not None:
+        assert time.monotonic() < deadline, "the fine-tuning task did not finish"
+        QgsApplication.processEvents()
+        time.sleep(0.01)
+
+
+def test_dock_finetunes_the_selected_model_and_selects_the_new_one(dock):
+    dock.polygons_box.setLayer(QgsProject.instance().mapLayersByName("Digitised footprints")[0])
+    assert dock.extent_box.currentLayer() is None  # whole raster
+    dock.epochs_box.setValue(1)
+    dock.finetune_button.click()
+    assert not dock.finetune_button.isEnabled() and dock.cancel_button.isEnabled()
+    wait_for_task(dock)
+
+    assert "New model area_finetuned" in dock.status.text(), dock.status.text()
+    entry = dock.current_model()
+    assert entry.path == models.user_models_dir() / "area_finetuned.safetensors"
+    assert entry.label == "area_finetuned (user)" and entry.spec.role == "student"
+    assert dock.model_box.findText("area_finetuned (user)") >= 0 and dock.finetune_button.isEnabled()
+
+
+def test_dock_explains_missing_footprints_and_taken_names(dock):
+    dock.polygons_box.setLayer(None)
+    dock.finetune_button.click()
+    assert "choose the polygon layer" in dock.status.text() and dock.task is None
+
+    dock.polygons_box.setLayer(QgsProject.instance().mapLayersByName("Digitised footprints")[0])
+    dock.model_name.setText("tiny")
+    dock.finetune_button.click()
+    assert "a model named 'tiny' exists already" in dock.status.text() and dock.task is None
