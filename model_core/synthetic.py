@@ -350,12 +350,46 @@ def write_scene(scene, out_dir, stem="scene"):
         paths[f"{label}_mask"] = out_dir / f"{stem}_{label}.tif"
         with rasterio.open(paths[f"{label}_mask"], "w", count=1, dtype="uint8", **grid) as dst:
             dst.write(mask, 1)
-        geoms = [shapely.geometry.shape(geom) for geom, value in
-                 rasterio.features.shapes(mask, mask=mask.astype(bool), transform=scene.transform) if value == 1]
+        geoms = label_polygons(mask, scene.transform)
         paths[f"{label}_polygons"] = out_dir / f"{stem}_{label}.gpkg"
         write_polygons_gpkg(paths[f"{label}_polygons"], geoms, rasterio.crs.CRS.from_user_input(scene.crs).to_wkt(),
                             {"label": [label] * len(geoms)}, layer=f"{label}_labels", field_types={"label": str})
     return paths
+
+
+def write_scene_set(out_dir, count, seed, size, shift_for, label, offset_every=3, stem=None):
+    """``count`` scenes side by side on one UTM grid (disjoint, so one polygon layer labels them all): scene k
+    draws its shift from ``shift_for(rng)`` and has the L2A offset when ``k % offset_every == 1``. Writes
+    them and ``<stem>_<label>.gpkg`` with every scene's ``label`` ("fine" or "coarse") polygons; returns
+    (image paths, that GeoPackage, per-scene path dicts)."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from .vectorize import write_polygons_gpkg
+
+    stem = stem or label
+    rng = np.random.default_rng(seed)
+    written, geoms = [], []
+    for k in range(count):
+        scene = make_scene(size, seed=seed * 1000 + k, shift=shift_for(rng), l2a_offset=(k % offset_every == 1),
+                           mines=int(rng.integers(1, 4)))
+        scene.transform = from_origin(500000.0 + k * (size + 64) * 10.0, 5800000.0, 10.0, 10.0)
+        paths = write_scene(scene, out_dir, f"{stem}_{k:02d}")
+        written.append(paths)
+        geoms += label_polygons(getattr(scene, label), scene.transform)
+    merged = Path(out_dir) / f"{stem}_{label}.gpkg"
+    write_polygons_gpkg(merged, geoms, CRS.from_user_input(scene.crs).to_wkt(),
+                        {"label": [label] * len(geoms)}, layer=f"{label}_labels", field_types={"label": str})
+    return [p["image"] for p in written], merged, written
+
+
+def label_polygons(mask, transform):
+    """Shapely polygons of the 1-pixels of ``mask``."""
+    import rasterio.features
+    import shapely
+
+    return [shapely.geometry.shape(geom) for geom, value in
+            rasterio.features.shapes(mask, mask=mask.astype(bool), transform=transform) if value == 1]
 
 
 def main(argv=None):
