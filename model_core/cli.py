@@ -122,6 +122,7 @@ def _add_training_arguments(parser):
     parser.add_argument("--batch", type=int, default=8, metavar="N")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--chip-size", type=int, default=256, metavar="N")
+    parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: half the chip size)")
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
     parser.add_argument("--patience", type=int, default=8, metavar="N", help="early stopping patience (epochs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -153,7 +154,8 @@ def add_finetune_command(subparsers):
     parser.add_argument("--lambda-feat", type=float, default=1.0, help="weight of feature distillation")
     parser.add_argument("--lambda-pred", type=float, default=1.0, help="weight of prediction distillation")
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
-    parser.set_defaults(handler=run_finetune, lr=3e-4)
+    # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps
+    parser.set_defaults(handler=run_finetune, lr=3e-4, epochs=20, chip_size=128, batch=4)
 
 
 def _training_call(args):
@@ -161,7 +163,8 @@ def _training_call(args):
     from .train import TrainConfig
 
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
-              "max_chips": args.max_chips, "patience": args.patience, "seed": args.seed, "device": args.device}
+              "stride": args.stride, "max_chips": args.max_chips, "patience": args.patience, "seed": args.seed,
+              "device": args.device}
     for name in ("method", "lambda_feat", "lambda_pred", "temperature"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

@@ -439,8 +439,8 @@ def compute_band_stats(rasters, *, chips=None, max_pixels=1_000_000):
 @dataclass(frozen=True)
 class Augment:
     """Random flips, 90 degree rotations (applied alike to image, mask and valid) and radiometric jitter in
-    reflectance units: per-band gain x U(1-g, 1+g) and offset U(-o, o), plus one offset for all bands
-    U(-r, r) (``reflectance_offset_jitter``, e.g. 0.1 to survive a wrong L2A +1000 DN offset)."""
+    reflectance units: per-band gain x U(1-g, 1+g) and offset U(-o, o), plus, on half the chips, one offset for
+    all bands U(-r, r) (``reflectance_offset_jitter``, e.g. 0.1 to survive a wrong L2A +1000 DN offset)."""
     flips: bool = True
     rotations: bool = True
     gain_jitter: float = 0.05
@@ -453,7 +453,8 @@ class Augment:
         bands = image.shape[0]
         gain = rng.uniform(1 - self.gain_jitter, 1 + self.gain_jitter, bands).astype(np.float32)
         offset = rng.uniform(-self.offset_jitter, self.offset_jitter, bands).astype(np.float32)
-        offset += np.float32(rng.uniform(-self.reflectance_offset_jitter, self.reflectance_offset_jitter))
+        if rng.random() < 0.5:  # half the chips keep their true level, so the jitter costs little accuracy
+            offset += np.float32(rng.uniform(-self.reflectance_offset_jitter, self.reflectance_offset_jitter))
         image = image * gain[:, None, None] + offset[:, None, None]
         if self.flips and rng.random() < 0.5:
             image, planes = image[:, :, ::-1], planes[:, :, ::-1]

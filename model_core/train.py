@@ -46,6 +46,7 @@ from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCOD
 METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
 STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_STEPS_PER_EPOCH = 20  # a few hand-digitised polygons give a few chips: an epoch still trains for a while
 
 
 @dataclass
@@ -59,10 +60,10 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     patience: int = 8
     chip_size: int = 256
-    stride: int = None
+    stride: int = None              # default: half the chip size
     val_fraction: float = 0.2
     max_chips: int = None
-    steps_per_epoch: int = None     # default: one pass over the training chips
+    steps_per_epoch: int = None     # default: one pass over the training chips, at least MIN_STEPS_PER_EPOCH
     seed: int = 0
     lambda_feat: float = 1.0
     lambda_pred: float = 1.0
@@ -75,6 +76,10 @@ class TrainConfig:
     decoder_channels: tuple = DEFAULT_DECODER_CHANNELS
     device: str = "auto"
     workers: int = 0
+
+    @property
+    def chip_stride(self):
+        return self.stride or self.chip_size // 2
 
     def check(self):
         if self.method not in METHODS:
@@ -129,7 +134,7 @@ class LossForMethod:
         feat = attentive_feature_loss(features, t_features, attention)
         pred = attentive_prediction_loss(logits, t_logits, attention, cfg.temperature)
         total = seg + cfg.lambda_feat * feat + cfg.lambda_pred * pred
-        return total, {"seg": float(seg), "feat": float(feat), "pred": float(pred)}
+        return total, {"seg": seg.item(), "feat": feat.item(), "pred": pred.item()}
 
 
 def lr_factor(step, warmup_steps, total_steps):
@@ -175,8 +180,11 @@ def save_resume(path, net, optimizer, state):
             tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     meta = {"loop": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
     temp = Path(f"{path}.partial")
-    save_file(tensors, str(temp), metadata=meta)
-    os.replace(temp, path)
+    try:
+        save_file(tensors, str(temp), metadata=meta)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def load_resume(path, net, optimizer):
@@ -209,7 +217,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     loader = torch.utils.data.DataLoader(
         data.train, batch_size=config.batch, sampler=data.sampler, drop_last=True, num_workers=config.workers,
         pin_memory=info.is_cuda)
-    steps = config.steps_per_epoch or max(1, len(loader))
+    steps = config.steps_per_epoch or max(MIN_STEPS_PER_EPOCH, len(loader))
     total = steps * config.epochs
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_epochs * steps))
@@ -226,11 +234,12 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     torch.manual_seed(config.seed + state["epoch"])
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
-        data.sampler.set_epoch(epoch)
-        data.train.set_epoch(epoch)
         net.train()
-        losses, step = [], 0
+        losses, step, repeat = [], 0, 0
         while step < steps:
+            data.sampler.set_epoch(epoch * 1000 + repeat)  # each pass over the chips draws new augmentations
+            data.train.set_epoch(epoch * 1000 + repeat)
+            repeat += 1
             for item in loader:
                 if is_canceled():
                     raise Cancelled(f"training cancelled in epoch {epoch}; the best model so far is in {out.name} "
@@ -243,7 +252,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                losses.append(float(value))
+                losses.append(value.detach().item())
                 step += 1
                 progress(100.0 * ((epoch - 1) * steps + step) / total)
                 if step >= steps:
@@ -266,8 +275,12 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
         else:
             state["stale"] += 1
         state["epoch"] = epoch
-        _write_log(log_path, state["history"])
-        save_resume(checkpoint, net, optimizer, state)
+        try:
+            _write_log(log_path, state["history"])
+            save_resume(checkpoint, net, optimizer, state)
+        except OSError as error:
+            raise OutputError(f"cannot write the training log or checkpoint next to {out}: "
+                              f"{error.strerror or error}; free disk space or choose a writable folder") from error
         if state["stale"] >= config.patience:
             log(f"early stop: no better validation IoU for {config.patience} epochs")
             break
@@ -344,7 +357,7 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     info = devices.resolve_device(config.device)
     log(f"training on {info.name}")
     data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
-                          stride=config.stride, val_fraction=config.val_fraction, seed=config.seed,
+                          stride=config.chip_stride, val_fraction=config.val_fraction, seed=config.seed,
                           max_chips=config.max_chips, batch_size=config.batch, band_mapping=band_mapping,
                           augment=Augment(reflectance_offset_jitter=config.offset_jitter), log=log)
     torch.manual_seed(config.seed)
@@ -373,7 +386,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
         data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
-                              stride=config.stride, val_fraction=config.val_fraction, seed=config.seed,
+                              stride=config.chip_stride, val_fraction=config.val_fraction, seed=config.seed,
                               max_chips=config.max_chips, batch_size=config.batch, norm=norm,
                               band_mapping=band_mapping,
                               augment=Augment(reflectance_offset_jitter=config.offset_jitter), log=log)
@@ -384,7 +397,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
         if coarse is None:
             raise InputError("method joint needs the coarse rasters and polygons too")
         coarse_data = build_datasets(coarse[0], coarse[1], model_bands=bands, chip_size=config.chip_size,
-                                     seed=config.seed, batch_size=config.batch, norm=norm,
+                                     stride=config.chip_stride, seed=config.seed, batch_size=config.batch, norm=norm,
                                      augment=Augment(reflectance_offset_jitter=config.offset_jitter))
         data = _mix(data, coarse_data)
     t = teacher.spec
