@@ -1,0 +1,185 @@
+"""Teacher training and student fine-tuning on small synthetic domains: learning, provenance, cancel/resume and
+bad input. Tiny chips and few steps keep it to seconds; bench/coarse_to_fine.py measures accuracy properly."""
+
+import errno
+
+import numpy as np
+import pytest
+import rasterio
+
+from model_core import train as training
+from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry
+from model_core.bundle import load_bundle, save_bundle
+from model_core.errors import BandMismatchError, Cancelled, InputError, OutputError
+from model_core.infer import predict_raster
+from model_core.metrics import evaluate_mask_raster
+from model_core.nets import build_net
+from model_core.synthetic import DomainShift, write_scene_set
+from model_core.train import TrainConfig, finetune_student, train_teacher
+
+CHIPS = dict(chip_size=64, batch=8, patience=100)
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domains")
+    coarse = write_scene_set(root / "coarse", 3, 1, 160, lambda rng: DomainShift(landscape="mixed", haze=0.02),
+                             "coarse")
+    fine = write_scene_set(root / "fine", 2, 2, 160, lambda rng: DomainShift(landscape="temperate"), "fine")
+    test = write_scene_set(root / "test", 1, 3, 160, lambda rng: DomainShift(landscape="temperate"), "fine")
+    return {"coarse": coarse[:2], "fine": fine[:2], "test": test[2], "root": root}
+
+
+@pytest.fixture(scope="module")
+def teacher(domains):
+    images, polygons = domains["coarse"]
+    return train_teacher(images, polygons, domains["root"] / "teacher.safetensors",
+                         config=TrainConfig(method="coarse_only", epochs=10, steps_per_epoch=12, lr=3e-3, **CHIPS))
+
+
+def test_teacher_loss_goes_down_and_leaves_bundle_log_and_curves(teacher):
+    losses = [row["loss"] for row in teacher.history]
+    assert losses[-1] < 0.8 * losses[0]
+    bundle = load_bundle(teacher.bundle_path)
+    assert bundle.spec.role == "teacher" and bundle.spec.method == "coarse_only"
+    assert bundle.spec.metrics["best_epoch"] == teacher.best_epoch
+    assert teacher.log_path.read_text().count("\n") == len(teacher.history) + 1
+    assert teacher.curves_path.read_bytes()[:4] == b"\x89PNG"
+    assert not training.resume_path(teacher.bundle_path).exists()  # a finished run leaves no checkpoint
+
+
+def scene_iou(bundle_path, scenes, tmp_path):
+    bundle = load_bundle(bundle_path)
+    scores = []
+    for scene in scenes:
+        with rasterio.open(scene["image"]) as src:
+            index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
+            radiometry, _ = resolve_radiometry(src)
+        predict_raster(scene["image"], bundle, tmp_path / "p.tif", device="cpu", band_index=index,
+                       radiometry=radiometry, mask_path=tmp_path / "m.tif")
+        scores.append(evaluate_mask_raster(tmp_path / "m.tif", scene["fine_mask"])["iou"])
+    return float(np.mean(scores))
+
+
+def test_student_names_its_teacher_and_beats_a_random_init(domains, teacher, tmp_path):
+    images, polygons = domains["fine"]
+    student = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "student.safetensors",
+                               config=TrainConfig(method="minec2f", epochs=6, steps_per_epoch=10, lr=2e-3,
+                                                  lambda_feat=0.5, **CHIPS))
+    spec = load_bundle(student.bundle_path).spec
+    parent = load_bundle(teacher.bundle_path)
+    assert spec.role == "student" and spec.method == "minec2f" and spec.parent_hash == parent.sha256
+    assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["teacher"] == parent.spec.name
+    assert spec.norm_mean == parent.spec.norm_mean  # the teacher's normalisation carries over
+
+    random_net = build_net(spec.architecture, spec.encoder, spec.in_channels, spec.encoder_depth,
+                           spec.decoder_channels)
+    random_path = save_bundle(tmp_path / "random.safetensors", random_net, spec)
+    student_iou = scene_iou(student.bundle_path, domains["test"], tmp_path)
+    random_iou = scene_iou(random_path, domains["test"], tmp_path)
+    assert student_iou > random_iou + 0.1, (student_iou, random_iou)
+
+
+@pytest.mark.parametrize("method", ["fine_only", "finetune", "joint", "kd"])
+def test_every_baseline_runs_in_the_same_code_path(domains, teacher, tmp_path, method):
+    images, polygons = domains["fine"]
+    result = finetune_student(teacher.bundle_path, images, polygons, tmp_path / f"{method}.safetensors",
+                              coarse=domains["coarse"],
+                              config=TrainConfig(method=method, epochs=1, steps_per_epoch=2, **CHIPS))
+    assert load_bundle(result.bundle_path).spec.method == method
+    if method == "joint":
+        assert "joint_coarse" in load_bundle(result.bundle_path).spec.training
+
+
+def test_cancel_mid_epoch_keeps_the_last_good_bundle_and_resumes(domains, tmp_path):
+    images, polygons = domains["coarse"]
+    out = tmp_path / "t.safetensors"
+    config = TrainConfig(method="coarse_only", epochs=3, steps_per_epoch=4, **CHIPS)
+    calls = []
+
+    def cancel_in_epoch_two():
+        calls.append(1)
+        return len(calls) > 6  # epoch 1 takes 4 steps
+
+    with pytest.raises(Cancelled, match="--resume"):
+        train_teacher(images, polygons, out, config=config, is_canceled=cancel_in_epoch_two)
+    assert load_bundle(out).spec.metrics["best_epoch"] == 1      # usable
+    assert training.resume_path(out).exists()
+    lines = []
+    result = train_teacher(images, polygons, out, config=config, resume=True, log=lines.append)
+    assert any("resumed" in line and "epoch 1" in line for line in lines)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+
+
+def test_cancel_before_the_first_epoch_leaves_no_bundle(domains, tmp_path):
+    images, polygons = domains["coarse"]
+    out = tmp_path / "t.safetensors"
+    with pytest.raises(Cancelled):
+        train_teacher(images, polygons, out, config=TrainConfig(epochs=2, **CHIPS), is_canceled=lambda: True)
+    assert not out.exists()
+
+
+def test_existing_output_is_refused_and_kept(domains, teacher, tmp_path):
+    images, polygons = domains["fine"]
+    out = tmp_path / "keep.safetensors"
+    out.write_bytes(b"analyst's earlier model")
+    with pytest.raises(OutputError, match="exists already.*--overwrite"):
+        finetune_student(teacher.bundle_path, images, polygons, out, config=TrainConfig(**CHIPS))
+    assert out.read_bytes() == b"analyst's earlier model"
+    with pytest.raises(OutputError, match="does not exist"):
+        train_teacher(images, polygons, tmp_path / "no" / "dir" / "t.safetensors", config=TrainConfig(**CHIPS))
+
+
+def test_disk_full_is_an_output_error_and_leaves_no_partial_file(domains, tmp_path, monkeypatch):
+    images, polygons = domains["coarse"]
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("model_core.bundle.save_file", no_space)
+    with pytest.raises(OutputError, match="No space left on device; free disk space"):
+        train_teacher(images, polygons, tmp_path / "t.safetensors",
+                      config=TrainConfig(epochs=1, steps_per_epoch=1, **CHIPS))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_teacher_bands_missing_from_the_raster(domains, teacher, make_raster, tmp_path):
+    _, polygons = domains["fine"]
+    with rasterio.open(domains["test"][0]["image"]) as src:
+        profile, rgb = src.profile, src.read([2, 3, 4])
+    three = tmp_path / "rgb.tif"
+    profile.update(count=3)
+    with rasterio.open(three, "w", **profile) as dst:
+        dst.write(rgb)
+    with pytest.raises(BandMismatchError, match=r"teacher teacher.safetensors needs bands.*B08"):
+        finetune_student(teacher.bundle_path, [three], polygons, tmp_path / "s.safetensors",
+                         config=TrainConfig(**CHIPS))
+
+
+def test_fewer_chips_than_one_batch(domains, teacher, tmp_path):
+    images, polygons = domains["fine"]
+    with pytest.raises(InputError, match="fewer than one batch of 64; lower --batch"):
+        finetune_student(teacher.bundle_path, images[:1], polygons, tmp_path / "s.safetensors",
+                         config=TrainConfig(chip_size=64, batch=64))
+
+
+def test_polygons_that_miss_the_raster(domains, tmp_path):
+    coarse_images, _ = domains["coarse"]
+    _, fine_polygons = domains["fine"]  # the fine scenes lie elsewhere on the grid
+    with pytest.raises(InputError, match="none of the .* polygons overlap the raster"):
+        train_teacher(coarse_images[:1], fine_polygons, tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
+
+
+def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
+    from model_core.cli import main
+
+    images, polygons = domains["fine"]
+    args = ["finetune", "--teacher", str(teacher.bundle_path), "--polygons", str(polygons), "--epochs", "1",
+            "--chip-size", "64", "--out", str(tmp_path / "cli.safetensors")]
+    for image in images:
+        args += ["--raster", str(image)]
+    assert main(args) == 0
+    assert load_bundle(tmp_path / "cli.safetensors").spec.role == "student"
+    assert "model:" in capsys.readouterr().out
+    assert main(args) == 1  # exists: refused, one line
+    assert capsys.readouterr().err.startswith("error: ")
