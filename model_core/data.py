@@ -555,6 +555,7 @@ class TrainingData:
     norm_mean: list
     norm_std: list
     summary: dict
+    imagery: ChipDataset = None  # every training-area chip, its labels unused: where distillation may also look
 
 
 def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapping=None, scale=None, offset=None,
@@ -609,7 +610,9 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
     if log:
         log(f"{len(train_chips)} training chips ({footprint_chips} with footprints, "
             f"{summary['train_hard_negatives']} hard negatives), {len(val_chips)} validation chips")
+    all_train_chips = [c for c in chips if c.split == "train"]
     return TrainingData(
+        imagery=ChipDataset(labelled, all_train_chips, mean, std, augment=augment, seed=seed + 1),
         train=ChipDataset(labelled, train_chips, mean, std, augment=augment, seed=seed),
         val=ChipDataset(labelled, val_chips, mean, std),
         sampler=BalancedChipSampler(train_chips, footprint_share=footprint_share,

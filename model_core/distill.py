@@ -2,7 +2,9 @@
 
 The attention map says, per pixel, how much of the teacher to keep: high where the teacher is confident and
 agrees with the fine label, zero where it disagrees (its coarse-boundary errors, which the student must unlearn)
-and where the label is ignored. With ``attentive=False`` the map is the valid mask alone: plain distillation.
+and where the label is ignored. On imagery without fine labels it is the teacher's confidence: there is no
+evidence against the teacher there, so the student keeps what it knows. With ``attentive=False`` the map is
+the valid mask (or all ones without labels): plain distillation.
 """
 
 import torch
@@ -11,8 +13,12 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
-def attention_map(teacher_logits, fine_mask, valid, *, attentive=True):
-    """[N, 1, H, W] weights in [0, 1] from the teacher's logits, the fine labels (0/1) and the valid mask."""
+def attention_map(teacher_logits, fine_mask=None, valid=None, *, attentive=True):
+    """[N, 1, H, W] weights in [0, 1] from the teacher's logits, the fine labels (0/1) and the valid mask.
+    Without labels (imagery the fine labels do not cover) the teacher's confidence alone weighs."""
+    if fine_mask is None:
+        prob = torch.sigmoid(teacher_logits.float())
+        return (2.0 * prob - 1.0).abs() if attentive else torch.ones_like(prob)
     if not attentive:
         return valid.float()
     prob = torch.sigmoid(teacher_logits.float())

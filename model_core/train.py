@@ -13,6 +13,11 @@ kd             teacher         fine BCE + Dice + λf·feature + λp·prediction 
 minec2f        teacher         fine BCE + Dice + λf·attentive feature + λp·attentive prediction distillation
 =============  ==============  ===============================================================
 
+Distillation acts on the labelled chips and, with ``distill_imagery``, on an equal batch of chips from the whole
+training area whose labels are not used (a few polygons label a few chips; the rest of the scene still shows the
+student what the teacher knows). On labelled pixels the attention releases the teacher where it contradicts the
+fine label; elsewhere it follows the teacher's confidence.
+
 The loop: AdamW, linear warm-up then cosine decay, validation IoU/F1 each epoch, the best epoch kept as the
 bundle (written atomically), early stopping, a resume checkpoint (safetensors, no pickle) after every epoch,
 a CSV log and a PNG of the curves next to the bundle. Cancelling raises Cancelled; the best bundle written so
@@ -45,6 +50,7 @@ from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCOD
 
 METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
 STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
+TEACHER_INIT = ("minec2f", "kd", "finetune")  # students that start from the teacher's weights
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_STEPS_PER_EPOCH = 20  # a few hand-digitised polygons give a few chips: an epoch still trains for a while
 
@@ -68,6 +74,8 @@ class TrainConfig:
     lambda_feat: float = 1.0
     lambda_pred: float = 1.0
     temperature: float = 2.0
+    distill_imagery: bool = True    # kd/minec2f also distil on the training area's chips beyond the labelled ones
+    freeze_norm: bool = None        # keep BatchNorm statistics fixed; default: for students started from the teacher
     dice_weight: float = 1.0
     offset_jitter: float = 0.1      # reflectance offset augmentation (survives a missed L2A +1000 DN offset)
     architecture: str = DEFAULT_ARCHITECTURE
@@ -122,15 +130,20 @@ class LossForMethod:
         self.distill = config.method in ("kd", "minec2f")
         self.attentive = config.method == "minec2f"
 
-    def __call__(self, net, image, mask, valid):
+    def __call__(self, net, image, mask, valid, imagery=None):
+        """``imagery``: an optional batch of unlabelled chips on which only the distillation terms act."""
         cfg = self.config
         if not self.distill:
             return segmentation_loss(net(image), mask, valid, cfg.dice_weight), {}
-        logits, features = net.forward_with_features(image)
+        labelled = image.shape[0]
+        inputs = image if imagery is None else torch.cat([image, imagery])
+        logits, features = net.forward_with_features(inputs)
         with torch.no_grad():
-            t_logits, t_features = self.teacher.forward_with_features(image)
-        attention = attention_map(t_logits, mask, valid, attentive=self.attentive)
-        seg = segmentation_loss(logits, mask, valid, cfg.dice_weight)
+            t_logits, t_features = self.teacher.forward_with_features(inputs)
+        attention = attention_map(t_logits[:labelled], mask, valid, attentive=self.attentive)
+        if imagery is not None:
+            attention = torch.cat([attention, attention_map(t_logits[labelled:], attentive=self.attentive)])
+        seg = segmentation_loss(logits[:labelled], mask, valid, cfg.dice_weight)
         feat = attentive_feature_loss(features, t_features, attention)
         pred = attentive_prediction_loss(logits, t_logits, attention, cfg.temperature)
         total = seg + cfg.lambda_feat * feat + cfg.lambda_pred * pred
@@ -211,6 +224,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     log = log or (lambda message: None)
     out = Path(out)
     info = info or devices.resolve_device(config.device)
+    devices.set_cpu_threads()  # MINEC2F_THREADS: one per process when several trainings share a CPU
     net.to(info.device)
     if loss.teacher is not None:
         loss.teacher.to(info.device).eval().requires_grad_(False)
@@ -222,6 +236,8 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_epochs * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    freeze_norm = config.freeze_norm if config.freeze_norm is not None else config.method in TEACHER_INIT
+    imagery = _imagery_batches(data, config, info) if loss.distill and config.distill_imagery else None
     scaler = torch.amp.GradScaler("cuda", enabled=info.is_cuda)
     state = {"epoch": 0, "best_iou": -1.0, "best_epoch": 0, "history": [], "stale": 0}
     checkpoint = resume_path(out)
@@ -235,6 +251,10 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started = time.perf_counter()
         net.train()
+        if freeze_norm:
+            for module in net.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         losses, step, repeat = [], 0, 0
         while step < steps:
             data.sampler.set_epoch(epoch * 1000 + repeat)  # each pass over the chips draws new augmentations
@@ -245,8 +265,9 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
                     raise Cancelled(f"training cancelled in epoch {epoch}; the best model so far is in {out.name} "
                                     f"and the run resumes from {checkpoint.name} with --resume")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
+                extra = info.to_device(next(imagery)["image"]) if imagery is not None else None
                 with info.autocast():
-                    value, _ = loss(net, image, mask, valid)
+                    value, _ = loss(net, image, mask, valid, extra)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
                 scaler.step(optimizer)
@@ -288,6 +309,20 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     checkpoint.unlink(missing_ok=True)
     best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else {}
     return TrainResult(out, state["best_epoch"], best, state["history"], log_path, curves_path)
+
+
+def _imagery_batches(data, config, info):
+    """Endless shuffled batches of the training area's chips (labels unused), new augmentations each pass."""
+    if data.imagery is None or len(data.imagery) < config.batch:
+        return None
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(data.imagery, batch_size=config.batch, shuffle=True, drop_last=True,
+                                         generator=generator, num_workers=config.workers, pin_memory=info.is_cuda)
+    passes = 0
+    while True:
+        data.imagery.set_epoch(passes)
+        passes += 1
+        yield from loader
 
 
 def _write_log(path, history):
@@ -374,14 +409,17 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
 
     ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only.
     """
-    config.check()
     if config.method == "coarse_only":
         raise InputError("method coarse_only is the teacher itself; use `train` for it")
+    teacher = load_bundle(teacher_path)
+    t = teacher.spec
+    config = replace(config, architecture=t.architecture, encoder=t.encoder, encoder_depth=t.encoder_depth,
+                     decoder_channels=tuple(t.decoder_channels))
+    config.check()
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
     info = devices.resolve_device(config.device)
     log(f"fine-tuning on {info.name}")
-    teacher = load_bundle(teacher_path)
     bands = teacher.spec.band_list()
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
@@ -400,14 +438,10 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
                                      stride=config.chip_stride, seed=config.seed, batch_size=config.batch, norm=norm,
                                      augment=Augment(reflectance_offset_jitter=config.offset_jitter))
         data = _mix(data, coarse_data)
-    t = teacher.spec
+    torch.manual_seed(config.seed)
     net = build_net(t.architecture, t.encoder, t.in_channels, t.encoder_depth, t.decoder_channels)
-    if config.method in ("finetune", "kd", "minec2f"):
+    if config.method in TEACHER_INIT:
         copy_weights(teacher.net, net)
-    else:
-        torch.manual_seed(config.seed)
-    config = replace(config, architecture=t.architecture, encoder=t.encoder, encoder_depth=t.encoder_depth,
-                     decoder_channels=tuple(t.decoder_channels))
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
                  extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks"})
     loss = LossForMethod(config, teacher.net if config.method in ("kd", "minec2f") else None)

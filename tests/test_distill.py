@@ -58,3 +58,10 @@ def test_gradients_reach_the_student_only():
     attentive_prediction_loss(student, teacher_logits, attention).backward()
     assert student.grad[0, 0, 0, 0] < 0          # pulled towards the teacher's confident "mine"
     assert student.grad[0, 0, 0, 1] == 0         # released pixel: no pull from the teacher
+
+
+def test_attention_without_labels_follows_teacher_confidence():
+    teacher_logits, _, _ = maps()
+    attention = attention_map(teacher_logits)
+    assert attention[0, 0, 0, 0] > 0.95 and attention[0, 0, 1, 1] == 0  # sure: kept; unsure (p = 0.5): not
+    assert torch.equal(attention_map(teacher_logits, attentive=False), torch.ones_like(teacher_logits))
