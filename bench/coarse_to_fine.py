@@ -52,7 +52,7 @@ def fine_shift(rng):
 
 SETTINGS = {
     # scenes: coarse, fine train, fine test; size px; teacher/student epochs x steps per epoch
-    "full": dict(coarse=12, fine=8, test=4, size=384, teacher=(15, 25), student=(8, 12), budgets=(8, 32, 128),
+    "full": dict(coarse=12, fine=8, test=4, size=384, teacher=(12, 20), student=(6, 10), budgets=(8, 32, 128),
                  seeds=3),
     "quick": dict(coarse=6, fine=3, test=2, size=256, teacher=(8, 15), student=(5, 10), budgets=(8, 32), seeds=1),
 }

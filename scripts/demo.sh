@@ -12,6 +12,6 @@ if [[ ! -f "$SAMPLE/sample_scene.tif" ]]; then
 fi
 python -m model_core segment "$SAMPLE/sample_scene.tif" --model resources/models/minec2f_default.safetensors \
   --out-dir "$OUT" --overwrite
-python -m model_core evaluate "$OUT/sample_scene_mask.tif" --reference "$SAMPLE/sample_scene_fine.tif" || true
+python -m model_core evaluate "$OUT/sample_scene_mask.tif" --reference "$SAMPLE/sample_scene_fine.tif"
 echo "demo: outputs in $ROOT/$OUT: sample_scene_prob.tif, sample_scene_mask.tif, sample_scene_footprints.gpkg"
 echo "demo: true footprint for comparison: $ROOT/$SAMPLE/sample_scene_fine.gpkg"

@@ -46,11 +46,12 @@ def main():
     parser.add_argument("--work", default=None, help="folder for scenes and intermediate bundles (default: temp)")
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script end to end")
     parser.add_argument("--out", default=str(paths.DEFAULT_MODEL))
+    parser.add_argument("--reuse-teacher", action="store_true", help="keep WORK/teacher.safetensors if it exists")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="minec2f_train_"))
     work.mkdir(parents=True, exist_ok=True)
     n_coarse, n_fine, n_test, size = (4, 2, 2, 256) if args.quick else (20, 6, 6, 512)
-    epochs_teacher, epochs_student = (2, 2) if args.quick else (25, 20)
+    epochs_teacher, epochs_student = (2, 2) if args.quick else (25, 12)
     chips = {"chip_size": 128, "stride": 64, "batch": 4} if args.quick else {"chip_size": 256, "stride": 128,
                                                                            "batch": 8}
     log = print
@@ -60,10 +61,13 @@ def main():
     test_images, _, test_scenes = write_scene_set(work / "test", n_test, 3, size, fine_shift, "fine",
                                                   offset_every=2)
 
-    teacher = train_teacher(coarse_images, coarse_gpkg, work / "teacher.safetensors", overwrite=True,
-                            config=TrainConfig(method="coarse_only", epochs=epochs_teacher, lr=2e-3, patience=6,
-                                               **chips), log=log)
-    student = finetune_student(teacher.bundle_path, fine_images, fine_gpkg, work / "student.safetensors",
+    teacher_path = work / "teacher.safetensors"
+    if args.reuse_teacher and teacher_path.exists():
+        log(f"reusing the teacher {teacher_path}")
+    else:
+        train_teacher(coarse_images, coarse_gpkg, teacher_path, overwrite=True, log=log,
+                      config=TrainConfig(method="coarse_only", epochs=epochs_teacher, lr=2e-3, patience=6, **chips))
+    student = finetune_student(teacher_path, fine_images, fine_gpkg, work / "student.safetensors",
                                overwrite=True, log=log,
                                config=TrainConfig(method="minec2f", epochs=epochs_student, lr=5e-4, patience=6,
                                                   **chips))
@@ -89,8 +93,8 @@ def main():
     out = Path(args.out)
     save_bundle(out, bundle.net, spec, overwrite=True)
     for suffix in (".log.csv", ".curves.png"):
-        for stage, result in (("teacher", teacher), ("student", student)):
-            src = result.bundle_path.with_suffix(suffix)
+        for stage, bundle_path in (("teacher", teacher_path), ("student", student.bundle_path)):
+            src = bundle_path.with_suffix(suffix)
             if src.exists():
                 shutil.copy(src, out.parent / f"{out.stem}.{stage}{suffix}")
     log(f"bundled model written to {out}")
