@@ -6,6 +6,7 @@ import errno
 import numpy as np
 import pytest
 import rasterio
+import shapely
 
 from model_core import train as training
 from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry
@@ -16,6 +17,7 @@ from model_core.metrics import evaluate_mask_raster
 from model_core.nets import build_net
 from model_core.synthetic import DomainShift, write_scene_set
 from model_core.train import TrainConfig, finetune_student, train_teacher
+from model_core.vectorize import write_polygons_gpkg
 
 CHIPS = dict(chip_size=64, batch=8, patience=100)
 
@@ -165,9 +167,11 @@ def test_fewer_chips_than_one_batch(domains, teacher, tmp_path):
 
 def test_polygons_that_miss_the_raster(domains, tmp_path):
     coarse_images, _ = domains["coarse"]
-    _, fine_polygons = domains["fine"]  # the fine scenes lie elsewhere on the grid
-    with pytest.raises(InputError, match="none of the .* polygons overlap the raster"):
-        train_teacher(coarse_images[:1], fine_polygons, tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
+    far = tmp_path / "far.gpkg"
+    write_polygons_gpkg(far, [shapely.box(0, 0, 100, 100)],
+                              rasterio.crs.CRS.from_epsg(32633).to_wkt(), {"id": [1]})
+    with pytest.raises(InputError, match="none of the 1 polygons overlap the raster"):
+        train_teacher(coarse_images[:1], far, tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
 
 
 def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
