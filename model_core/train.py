@@ -389,6 +389,7 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     config.check()
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
+    devices.set_cpu_threads()
     info = devices.resolve_device(config.device)
     log(f"training on {info.name}")
     data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
@@ -418,6 +419,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
     config.check()
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
+    devices.set_cpu_threads()
     info = devices.resolve_device(config.device)
     log(f"fine-tuning on {info.name}")
     bands = teacher.spec.band_list()

@@ -51,7 +51,7 @@ def main():
     work = Path(args.work or tempfile.mkdtemp(prefix="minec2f_train_"))
     work.mkdir(parents=True, exist_ok=True)
     n_coarse, n_fine, n_test, size = (4, 2, 2, 256) if args.quick else (20, 6, 6, 512)
-    epochs_teacher, epochs_student = (2, 2) if args.quick else (25, 12)
+    epochs_teacher, epochs_student = (2, 2) if args.quick else (25, 8)
     chips = {"chip_size": 128, "stride": 64, "batch": 4} if args.quick else {"chip_size": 256, "stride": 128,
                                                                            "batch": 8}
     log = print
@@ -70,7 +70,7 @@ def main():
     student = finetune_student(teacher_path, fine_images, fine_gpkg, work / "student.safetensors",
                                overwrite=True, log=log,
                                config=TrainConfig(method="minec2f", epochs=epochs_student, lr=5e-4, patience=6,
-                                                  **chips))
+                                                  **{**chips, "chip_size": chips["chip_size"] // 2}))
 
     bundle = load_bundle(student.bundle_path)
     scores = []
