@@ -139,6 +139,9 @@ def save_bundle(path, net, spec, *, overwrite=False):
     os.close(handle)
     try:
         save_file(tensors, temp, metadata={SPEC_KEY: spec.to_json()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes it private; a model is a file to share
         os.replace(temp, path)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}; free disk space or choose a "
