@@ -16,7 +16,7 @@ from osgeo import osr
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from conftest import write_raster
+from raster_files import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS
 from model_core.data import (IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset, build_chip_index,
                              build_datasets, compute_band_stats, export_chips, label_raster, read_polygons,

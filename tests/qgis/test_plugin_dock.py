@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from conftest import MODEL_BANDS
+from known_scene import MODEL_BANDS
 from qgis.core import (QgsApplication, QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
                        QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer)
 

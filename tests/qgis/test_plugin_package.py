@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import BLOCK_AREAS_HA
+from known_scene import BLOCK_AREAS_HA
 from qgis.core import QgsVectorLayer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ defaults, extent, cancel, bad inputs, and use inside a Processing model."""
 import numpy as np
 import pytest
 import rasterio
-from conftest import BLOCK_AREAS_HA, BLOCKS, MODEL_BANDS
+from known_scene import BLOCK_AREAS_HA, BLOCKS, MODEL_BANDS
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProcessingException,
                        QgsProcessingFeedback, QgsProject, QgsRasterDataProvider, QgsRasterLayer, QgsRectangle,
                        QgsVectorLayer)
