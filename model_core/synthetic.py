@@ -325,8 +325,6 @@ def make_scene(size=512, seed=0, pixel_size=10.0, crs="EPSG:32633", shift=Domain
 def write_scene(scene, out_dir, stem="scene"):
     """Write the image, both masks (GeoTIFF) and both label layers (GeoPackage); returns their paths."""
     import rasterio
-    import rasterio.features
-    import shapely
 
     from .vectorize import write_polygons_gpkg
 

@@ -44,7 +44,6 @@ from .bundle import ModelSpec, load_bundle, save_bundle
 from .data import Augment, build_datasets
 from .distill import attention_map, attentive_feature_loss, attentive_prediction_loss
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
-from .metrics import segmentation_scores
 from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_ENCODER_DEPTH,
                    build_net, copy_weights)
 

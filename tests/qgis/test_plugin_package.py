@@ -2,7 +2,6 @@
 with the plugin enabled, and `qgis_process run minec2f:segment` segments the known scene headless with it."""
 
 import configparser
-import os
 import subprocess
 import sysconfig
 import zipfile
