@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+import torch
 
 from model_core import train as training
 from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry
@@ -187,3 +188,13 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     assert "model:" in capsys.readouterr().out
     assert main(args) == 1  # exists: refused, one line
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_loader_workers_feed_a_gpu_and_spare_the_cpu():
+    from model_core.device import DeviceInfo
+
+    gpu = DeviceInfo(torch.device("cuda"), "NVIDIA Test GPU", True)
+    cpu = DeviceInfo(torch.device("cpu"), "CPU", False)
+    assert training.loader_workers(TrainConfig(), gpu) >= 1
+    assert training.loader_workers(TrainConfig(), cpu) == 0
+    assert training.loader_workers(TrainConfig(workers=3), cpu) == 3
