@@ -389,6 +389,13 @@ def _spec(config, name, role, bands, data, parent_hash=None, extra=None):
                      description=f"MineC2F {role} ({config.method})")
 
 
+def _datasets(config, rasters, polygons, bands, **options):
+    """``build_datasets`` with the run's chip size, stride, seed, batch and augmentation."""
+    return build_datasets(rasters, polygons, model_bands=bands, chip_size=config.chip_size, stride=config.chip_stride,
+                          seed=config.seed, batch_size=config.batch,
+                          augment=Augment(reflectance_offset_jitter=config.offset_jitter), **options)
+
+
 def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(method="coarse_only"),
                   bands=DEFAULT_MODEL_BANDS, band_mapping=None, overwrite=False, resume=False, progress=None,
                   is_canceled=None, log=None):
@@ -400,10 +407,8 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     devices.set_cpu_threads()
     info = devices.resolve_device(config.device)
     log(f"training on {info.name}")
-    data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
-                          stride=config.chip_stride, val_fraction=config.val_fraction, seed=config.seed,
-                          max_chips=config.max_chips, batch_size=config.batch, band_mapping=band_mapping,
-                          augment=Augment(reflectance_offset_jitter=config.offset_jitter), log=log)
+    data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
+                     max_chips=config.max_chips, band_mapping=band_mapping, log=log)
     torch.manual_seed(config.seed)
     net = build_net(config.architecture, config.encoder, len(bands), config.encoder_depth, config.decoder_channels)
     spec = _spec(config, Path(out).stem, "teacher", bands, data)
@@ -433,20 +438,15 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
     bands = teacher.spec.band_list()
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
-        data = build_datasets(rasters, polygons, model_bands=bands, extent=extent, chip_size=config.chip_size,
-                              stride=config.chip_stride, val_fraction=config.val_fraction, seed=config.seed,
-                              max_chips=config.max_chips, batch_size=config.batch, norm=norm,
-                              band_mapping=band_mapping,
-                              augment=Augment(reflectance_offset_jitter=config.offset_jitter), log=log)
+        data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
+                         max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, log=log)
     except BandMismatchError as error:
         raise BandMismatchError(f"the teacher {Path(teacher_path).name} needs bands the raster lacks: {error}") \
             from error
     if config.method == "joint":
         if coarse is None:
             raise InputError("method joint needs the coarse rasters and polygons too")
-        coarse_data = build_datasets(coarse[0], coarse[1], model_bands=bands, chip_size=config.chip_size,
-                                     stride=config.chip_stride, seed=config.seed, batch_size=config.batch, norm=norm,
-                                     augment=Augment(reflectance_offset_jitter=config.offset_jitter))
+        coarse_data = _datasets(config, coarse[0], coarse[1], bands, norm=norm)
         data = _mix(data, coarse_data)
     torch.manual_seed(config.seed)
     net = build_net(t.architecture, t.encoder, t.in_channels, t.encoder_depth, t.decoder_channels)
