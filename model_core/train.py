@@ -389,6 +389,14 @@ def _spec(config, name, role, bands, data, parent_hash=None, extra=None):
                      description=f"MineC2F {role} ({config.method})")
 
 
+def _training_device(config, log, doing):
+    """The run's device (torch CPU threads set first, so the log names the real count), logged."""
+    devices.set_cpu_threads()
+    info = devices.resolve_device(config.device)
+    log(f"{doing} on {info.name}")
+    return info
+
+
 def _datasets(config, rasters, polygons, bands, **options):
     """``build_datasets`` with the run's chip size, stride, seed, batch and augmentation."""
     return build_datasets(rasters, polygons, model_bands=bands, chip_size=config.chip_size, stride=config.chip_stride,
@@ -404,9 +412,7 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     config.check()
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
-    devices.set_cpu_threads()
-    info = devices.resolve_device(config.device)
-    log(f"training on {info.name}")
+    info = _training_device(config, log, "training")
     data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
                      max_chips=config.max_chips, band_mapping=band_mapping, log=log)
     torch.manual_seed(config.seed)
@@ -432,9 +438,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
     config.check()
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
-    devices.set_cpu_threads()
-    info = devices.resolve_device(config.device)
-    log(f"fine-tuning on {info.name}")
+    info = _training_device(config, log, "fine-tuning")
     bands = teacher.spec.band_list()
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
