@@ -4,11 +4,11 @@ background task, find the styled results in a group named after the input; cance
 Set MINEC2F_DOCK_SCREENSHOT=docs/dock.png to refresh the README's screenshot."""
 
 import os
-import time
 
 import pytest
+from dock_tasks import wait_for_task
 from known_scene import MODEL_BANDS
-from qgis.core import (QgsApplication, QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
+from qgis.core import (QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
                        QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer)
 
 from minec2f_qgis import models
@@ -33,14 +33,6 @@ def dock(plugin, qgis_iface, known_scene, constant_bundle_path, tmp_path, monkey
     yield widget
     widget.deleteLater()
     QgsProject.instance().clear()
-
-
-def wait_for_task(dock, timeout=60):
-    deadline = time.monotonic() + timeout
-    while dock.task is not None:
-        assert time.monotonic() < deadline, "the segmentation task did not finish"
-        QgsApplication.processEvents()
-        time.sleep(0.01)
 
 
 def test_dock_shows_layer_model_card_and_band_mapping(dock):

@@ -3,12 +3,12 @@ synthetic scene (tiny trainings: 64 px chips, one epoch), cancel and resume, bad
 Fine-tune section driven as a user would."""
 
 import csv
-import time
 
 import numpy as np
 import pytest
-from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback,
-                       QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+from dock_tasks import wait_for_task
+from qgis.core import (QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback, QgsProject,
+                       QgsRasterLayer, QgsRectangle, QgsVectorLayer)
 
 import processing
 from minec2f_qgis import models
@@ -202,21 +202,13 @@ def dock(plugin, qgis_iface, tiny_bundle_path, tmp_path, monkeypatch):
     QgsProject.instance().clear()
 
 
-def wait_for_task(dock, timeout=90):
-    deadline = time.monotonic() + timeout
-    while dock.task is not None:
-        assert time.monotonic() < deadline, "the fine-tuning task did not finish"
-        QgsApplication.processEvents()
-        time.sleep(0.01)
-
-
 def test_dock_finetunes_the_selected_model_and_selects_the_new_one(dock):
     dock.polygons_box.setLayer(QgsProject.instance().mapLayersByName("Digitised footprints")[0])
     assert dock.extent_box.currentLayer() is None  # whole raster
     dock.epochs_box.setValue(1)
     dock.finetune_button.click()
     assert not dock.finetune_button.isEnabled() and dock.cancel_button.isEnabled()
-    wait_for_task(dock)
+    wait_for_task(dock, timeout=90)
 
     assert "New model area_finetuned" in dock.status.text(), dock.status.text()
     entry = dock.current_model()
