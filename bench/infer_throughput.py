@@ -4,8 +4,11 @@ The naive loop reads the whole raster into memory, runs the model on one non-ove
 writes the probabilities at the end - what a first script would do. Both include reading, normalising and
 writing a uint8 probability GeoTIFF. Prints km²/s, tiles/s and the speed ratio.
 
-    python bench/infer_throughput.py [--model BUNDLE] [--size 2048] [--tile N] [--overlap N] [--batch 4]\
+    python bench/infer_throughput.py [--model BUNDLE] [--size 2048] [--tile N] [--overlap N] [--batch N]\
         [--threads N] [--repeats 3]
+
+The engine fits its tiles to the raster (at most --tile px, see model_core.infer.fitted_tile_size) and batches
+tiles as the device does by default (1 on the CPU) unless --batch is given.
 """
 
 import argparse
@@ -60,7 +63,7 @@ def main():
     parser.add_argument("--size", type=int, default=2048, help="raster side in pixels (12 bands, 10 m)")
     parser.add_argument("--tile", type=int, default=None, help="default: the model's (used by both)")
     parser.add_argument("--overlap", type=int, default=None, help="default: the model's")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=None, help="engine tiles per model call (default: the device's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the best time counts")
     args = parser.parse_args()
@@ -85,14 +88,16 @@ def main():
             predict_raster(raster, bundle, Path(tmp) / "engine.tif", device="cpu", tile=args.tile,
                            overlap=args.overlap, batch=args.batch, band_index=band_index, radiometry=radiometry)
             engine_s = min(engine_s, time.perf_counter() - start)
-        engine_tiles = len(TileGrid.over(args.size, args.size, args.tile, args.overlap))
+        grid = TileGrid.over(args.size, args.size, args.tile, args.overlap, bundle.net.stride)
+        engine_tiles, engine_tile = len(grid), grid.tile_width
 
     print(f"model {bundle.spec.name} ({bundle.spec.encoder}), raster {args.size}x{args.size} px x 12 bands "
           f"= {km2:.1f} km², torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    print(f"{'':28}{'seconds':>9}{'km²/s':>9}{'tiles':>7}{'tiles/s':>9}")
-    print(f"{'naive (no overlap, 1 tile)':28}{naive_s:9.2f}{km2 / naive_s:9.2f}{naive_tiles:7d}"
+    print(f"{'':38}{'seconds':>9}{'km²/s':>9}{'tiles':>7}{'tiles/s':>9}")
+    engine = f"engine ({engine_tile} px, overlap {args.overlap}, batch {args.batch or 'auto'})"
+    print(f"{'naive (no overlap, 1 tile)':38}{naive_s:9.2f}{km2 / naive_s:9.2f}{naive_tiles:7d}"
           f"{naive_tiles / naive_s:9.2f}")
-    print(f"{f'engine (overlap {args.overlap}, batch {args.batch})':28}{engine_s:9.2f}{km2 / engine_s:9.2f}"
+    print(f"{engine:38}{engine_s:9.2f}{km2 / engine_s:9.2f}"
           f"{engine_tiles:7d}{engine_tiles / engine_s:9.2f}")
     print(f"engine / naive throughput (km²/s): {naive_s / engine_s:.2f}x")
 

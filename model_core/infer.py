@@ -18,6 +18,7 @@ How a raster (or a window of it) is processed:
   the probability raster and the mask. Tiles with no valid pixel skip the model.
 """
 
+import math
 import queue
 import threading
 from contextlib import nullcontext
@@ -74,11 +75,25 @@ def inference_net(net, info):
     return net.to(info.device, memory_format=torch.channels_last).eval()
 
 
+def fitted_tile_size(length, tile, overlap, multiple=1):
+    """The smallest tile size, a multiple of ``multiple`` and at most ``tile``, that covers ``length`` with as few
+    tiles as ``tile`` needs and at least ``overlap`` overlap: tiles shrink to fit the axis instead of the last one
+    overlapping its neighbour by most of its size (fewer pixels through the net)."""
+    if length <= tile:
+        return length
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    size = math.ceil((length + (count - 1) * overlap) / count)
+    return min(tile, math.ceil(size / multiple) * multiple)
+
+
 def tile_origins(length, tile, overlap):
-    """Start offsets of tiles of size ``min(tile, length)`` covering ``length`` with at least ``overlap`` overlap."""
+    """Start offsets, evenly spread, of tiles of size ``min(tile, length)`` covering ``length`` with at least
+    ``overlap`` overlap."""
     if length <= tile:
         return [0]
-    return list(range(0, length - tile, tile - overlap)) + [length - tile]
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    step = (length - tile) / (count - 1)
+    return [round(i * step) for i in range(count)]
 
 
 def hann_weights(size, floor=WEIGHT_FLOOR):
@@ -106,10 +121,12 @@ class TileGrid:
     col_origins: list
 
     @classmethod
-    def over(cls, height, width, tile, overlap):
-        tile_height, tile_width = min(tile, height), min(tile, width)
+    def over(cls, height, width, tile, overlap, multiple=1):
+        """Tiles of at most ``tile`` px, fitted to each axis (see :func:`fitted_tile_size`)."""
+        tile_height = fitted_tile_size(height, tile, overlap, multiple)
+        tile_width = fitted_tile_size(width, tile, overlap, multiple)
         return cls(height, width, tile_height, tile_width,
-                   tile_origins(height, tile, overlap), tile_origins(width, tile, overlap))
+                   tile_origins(height, tile_height, overlap), tile_origins(width, tile_width, overlap))
 
     def __len__(self):
         return len(self.row_origins) * len(self.col_origins)
@@ -290,13 +307,14 @@ class StripAccumulator:
         return finished
 
 
-def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=4, band_index,
+def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=None, band_index,
                    radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", precision="auto",
                    progress=None, is_canceled=None):
     """Run ``bundle``'s net over ``src_path`` (or its ``window``) and write the probability raster ``prob_path``.
 
     ``band_index``: 1-based raster band per model band. ``radiometry``: reflectance = DN * scale + offset (scalars
-    or per model band); the bundle's per-band mean/std then normalise. With ``mask_path`` the thresholded mask
+    or per model band); the bundle's per-band mean/std then normalise. ``batch``: tiles per model call (default:
+    the device's, see :attr:`DeviceInfo.inference_batch`). With ``mask_path`` the thresholded mask
     (``threshold``, default the bundle's) is written in the same pass. Outputs share the region's grid.
     ``precision``: "auto" (see :func:`autocast_for`) or "float32".
     Raises InputError when no pixel of the region has data, Cancelled when ``is_canceled()`` turns True.
@@ -309,12 +327,13 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     is_canceled = is_canceled or (lambda: False)
     info = device if isinstance(device, devices.DeviceInfo) else devices.resolve_device(device)
     net = inference_net(bundle.net, info)
+    batch = int(batch or info.inference_batch)
 
     with rasterio.open(src_path) as src:
         region = window or Window(0, 0, src.width, src.height)
         grid_profile = {"width": int(region.width), "height": int(region.height), "crs": src.crs,
                         "transform": src.window_transform(region)}
-    grid = TileGrid.over(int(region.height), int(region.width), tile, overlap)
+    grid = TileGrid.over(int(region.height), int(region.width), tile, overlap, bundle.net.stride)
     reader = TileReader(src_path, grid, region, band_index, radiometry.scale, radiometry.offset,
                         spec.norm_mean, spec.norm_std, bundle.net.stride, batch)
     stop = threading.Event()

@@ -51,12 +51,13 @@ def output_paths(input_path, out_dir):
 
 
 def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, device="auto", tile=None,
-                  overlap=None, batch=4, threshold=None, min_area_ha=None, band_mapping=None, scale=None,
+                  overlap=None, batch=None, threshold=None, min_area_ha=None, band_mapping=None, scale=None,
                   offset=None, bounds=None, overwrite=False, prob_format="uint8", precision="auto", progress=None,
                   is_canceled=None, log=None):
     """Segment mining footprints in ``input_path`` with ``model`` (bundle path or loaded Bundle).
 
-    Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec. ``precision``:
+    Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec, an unset ``batch``
+    from the device. ``precision``:
     "auto" (float16 on CUDA, bfloat16 on CPUs that compute it natively) or "float32".
     Raises InputError / BandMismatchError / BundleError / OutputError / Cancelled with a one-line message.
     """
@@ -82,6 +83,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
             band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
             radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
         device_info = resolve_device(device)
+        batch = batch or device_info.inference_batch
         log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
         log(f"reflectance = DN * {radiometry.scale} + {radiometry.offset} ({radiometry_reason})")
         log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, "
@@ -223,12 +225,12 @@ def window_for_bounds(src, bounds):
 
 
 def _check_parameters(tile, overlap, batch, threshold, min_area_ha):
-    tile, overlap, batch = int(tile), int(overlap), int(batch)
+    tile, overlap = int(tile), int(overlap)
     if tile < 32:
         raise InputError(f"tile size {tile} is too small; use 32 pixels or more (256-512 is typical)")
     if not 0 <= overlap <= tile // 2:
         raise InputError(f"overlap {overlap} must be between 0 and half the tile size ({tile // 2})")
-    if batch < 1:
+    if batch is not None and int(batch) < 1:
         raise InputError(f"batch size {batch} must be 1 or more")
     if not 0.0 < float(threshold) < 1.0:
         raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")

@@ -20,6 +20,12 @@ def test_auto_and_cuda_pick_the_gpu_when_present(monkeypatch):
     assert not devices.resolve_device("cpu", cuda_available=True).is_cuda
 
 
+def test_inference_batches_one_tile_on_the_cpu_and_four_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA Test GPU")
+    assert devices.resolve_device("auto", cuda_available=False).inference_batch == 1
+    assert devices.resolve_device("auto", cuda_available=True).inference_batch == 4
+
+
 def test_cuda_requested_without_gpu_says_what_to_do():
     with pytest.raises(InputError, match="no CUDA device.*use device cpu or auto"):
         devices.resolve_device("cuda", cuda_available=False)

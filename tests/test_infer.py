@@ -11,7 +11,7 @@ import torch
 from rasterio.windows import Window
 
 from model_core.errors import Cancelled, InputError
-from model_core.infer import TileGrid, hann_weights, predict_raster, tile_origins
+from model_core.infer import TileGrid, fitted_tile_size, hann_weights, predict_raster, tile_origins
 from model_core.rasters import PROB_UINT8_MAX, UINT8_NODATA
 
 RADIOMETRY = SimpleNamespace(scale=1e-4, offset=0.0)
@@ -67,6 +67,18 @@ def test_tile_origins_cover_the_axis_with_the_overlap(length, tile, overlap):
         covered[origin:origin + size] += 1
     assert covered.min() >= 1 and origins[0] == 0 and origins[-1] + size == length
     assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(2048, 512, 64), (10980, 512, 64), (600, 512, 64), (513, 512, 0),
+                                                 (1000, 256, 32), (100, 256, 64)])
+def test_fitted_tiles_need_no_more_tiles_and_fewer_pixels(length, tile, overlap):
+    size = fitted_tile_size(length, tile, overlap, multiple=16)
+    origins = tile_origins(length, size, overlap)
+    assert size <= min(tile, length) and (size % 16 == 0 or size == length)
+    assert len(origins) == len(tile_origins(length, tile, overlap))
+    assert origins[-1] + size == length and all(b - a <= size - overlap for a, b in zip(origins, origins[1:]))
+    if length == 2048:
+        assert size == 464  # 5 tiles of 464 px instead of 4 of 512 px and a fifth overlapping by 448 px
 
 
 def test_hann_weights_peak_in_the_middle_and_never_vanish():
