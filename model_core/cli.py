@@ -142,7 +142,7 @@ def add_train_command(subparsers):
 
 
 def add_finetune_command(subparsers):
-    from .train import STUDENT_METHODS
+    from .train import STUDENT_METHODS, TrainConfig
 
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a student from a teacher on precise polygons",
@@ -151,9 +151,12 @@ def add_finetune_command(subparsers):
     parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
     _add_training_arguments(parser)
     parser.add_argument("--method", choices=STUDENT_METHODS, default="minec2f")
-    parser.add_argument("--lambda-feat", type=float, default=1.0, help="weight of feature distillation")
-    parser.add_argument("--lambda-pred", type=float, default=1.0, help="weight of prediction distillation")
-    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    parser.add_argument("--lambda-feat", type=float, default=TrainConfig.lambda_feat,
+                        help=f"weight of feature distillation (default {TrainConfig.lambda_feat})")
+    parser.add_argument("--lambda-pred", type=float, default=TrainConfig.lambda_pred,
+                        help=f"weight of prediction distillation (default {TrainConfig.lambda_pred})")
+    parser.add_argument("--temperature", type=float, default=TrainConfig.temperature,
+                        help=f"distillation temperature (default {TrainConfig.temperature})")
     # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps
     parser.set_defaults(handler=run_finetune, lr=3e-4, epochs=20, chip_size=128, batch=4)
 

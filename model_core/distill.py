@@ -2,9 +2,12 @@
 
 The attention map says, per pixel, how much of the teacher to keep: high where the teacher is confident and
 agrees with the fine label, zero where it disagrees (its coarse-boundary errors, which the student must unlearn)
-and where the label is ignored. On imagery without fine labels it is the teacher's confidence: there is no
-evidence against the teacher there, so the student keeps what it knows. With ``attentive=False`` the map is
-the valid mask (or all ones without labels): plain distillation.
+and where the label is ignored. On imagery without fine labels it is the teacher's confidence times the
+reliability of the teacher's call there (:class:`TeacherReliability`): how often that call - "mine" or
+"background" - agreed with the fine labels so far. A coarse teacher's "mine" is often the buffer around a real
+footprint; its errors repeat beyond the labelled chips, so its word counts there only as much as the labels
+showed it can be trusted. With ``attentive=False`` the map is the valid mask (or all ones without labels):
+plain distillation.
 """
 
 import torch
@@ -13,12 +16,42 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
-def attention_map(teacher_logits, fine_mask=None, valid=None, *, attentive=True):
+class TeacherReliability:
+    """Share of the teacher's "background" and "mine" calls that agreed with the fine labels, over every labelled
+    pixel seen so far (one agreeing pseudo-count each to start: trusted until the labels say otherwise)."""
+
+    def __init__(self):
+        self.agreed = torch.ones(2, dtype=torch.float64)
+        self.calls = torch.ones(2, dtype=torch.float64)
+
+    def update(self, teacher_logits, fine_mask, valid):
+        calls, truth, counted = teacher_logits > 0, fine_mask > 0.5, valid > 0.5
+        for index, call in enumerate((False, True)):
+            made = counted & (calls == call)
+            self.calls[index] += made.sum().item()
+            self.agreed[index] += (made & (truth == call)).sum().item()
+
+    @property
+    def rates(self):
+        """(background, mine) agreement rates in [0, 1]."""
+        return (self.agreed / self.calls).float()
+
+    def of_calls(self, teacher_logits):
+        """[N, 1, H, W] reliability of the teacher's call at each pixel."""
+        background, mine = self.rates.tolist()
+        return torch.where(teacher_logits > 0, mine, background).float()
+
+
+def attention_map(teacher_logits, fine_mask=None, valid=None, *, attentive=True, reliability=None):
     """[N, 1, H, W] weights in [0, 1] from the teacher's logits, the fine labels (0/1) and the valid mask.
-    Without labels (imagery the fine labels do not cover) the teacher's confidence alone weighs."""
+    Without labels (imagery the fine labels do not cover) the teacher's confidence weighs, times the
+    ``reliability`` (a TeacherReliability) of its call when given."""
     if fine_mask is None:
         prob = torch.sigmoid(teacher_logits.float())
-        return (2.0 * prob - 1.0).abs() if attentive else torch.ones_like(prob)
+        if not attentive:
+            return torch.ones_like(prob)
+        confidence = (2.0 * prob - 1.0).abs()
+        return confidence if reliability is None else confidence * reliability.of_calls(teacher_logits)
     if not attentive:
         return valid.float()
     prob = torch.sigmoid(teacher_logits.float())

@@ -16,7 +16,8 @@ minec2f        teacher         fine BCE + Dice + λf·attentive feature + λp·a
 Distillation acts on the labelled chips and, with ``distill_imagery``, on an equal batch of chips from the whole
 training area whose labels are not used (a few polygons label a few chips; the rest of the scene still shows the
 student what the teacher knows). On labelled pixels the attention releases the teacher where it contradicts the
-fine label; elsewhere it follows the teacher's confidence.
+fine label; elsewhere it follows the teacher's confidence, weighted by how often the labelled pixels showed
+that call of the teacher ("mine" or "background") to be right (see ``distill``).
 
 The loop: AdamW, linear warm-up then cosine decay, validation IoU/F1 each epoch, the best epoch kept as the
 bundle (written atomically), early stopping, a resume checkpoint (safetensors, no pickle) after every epoch,
@@ -42,7 +43,7 @@ from . import device as devices
 from .bands import DEFAULT_MODEL_BANDS
 from .bundle import ModelSpec, load_bundle, save_bundle
 from .data import Augment, build_datasets
-from .distill import attention_map, attentive_feature_loss, attentive_prediction_loss
+from .distill import TeacherReliability, attention_map, attentive_feature_loss, attentive_prediction_loss
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
 from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_ENCODER_DEPTH,
                    build_net, copy_weights)
@@ -70,7 +71,7 @@ class TrainConfig:
     max_chips: int = None
     steps_per_epoch: int = None     # default: one pass over the training chips, at least MIN_STEPS_PER_EPOCH
     seed: int = 0
-    lambda_feat: float = 1.0
+    lambda_feat: float = 0.1        # 1.0 held the student to the coarse teacher's outlines
     lambda_pred: float = 1.0
     temperature: float = 2.0
     distill_imagery: bool = True    # kd/minec2f also distil on the training area's chips beyond the labelled ones
@@ -128,6 +129,7 @@ class LossForMethod:
         self.config, self.teacher = config, teacher
         self.distill = config.method in ("kd", "minec2f")
         self.attentive = config.method == "minec2f"
+        self.reliability = TeacherReliability() if self.attentive else None
 
     def __call__(self, net, image, mask, valid, imagery=None):
         """``imagery``: an optional batch of unlabelled chips on which only the distillation terms act."""
@@ -140,8 +142,11 @@ class LossForMethod:
         with torch.no_grad():
             t_logits, t_features = self.teacher.forward_with_features(inputs)
         attention = attention_map(t_logits[:labelled], mask, valid, attentive=self.attentive)
+        if self.reliability is not None:
+            self.reliability.update(t_logits[:labelled], mask, valid)
         if imagery is not None:
-            attention = torch.cat([attention, attention_map(t_logits[labelled:], attentive=self.attentive)])
+            attention = torch.cat([attention, attention_map(t_logits[labelled:], attentive=self.attentive,
+                                                            reliability=self.reliability)])
         seg = segmentation_loss(logits[:labelled], mask, valid, cfg.dice_weight)
         feat = attentive_feature_loss(features, t_features, attention)
         pred = attentive_prediction_loss(logits, t_logits, attention, cfg.temperature)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from model_core.distill import attention_map, attentive_feature_loss, attentive_prediction_loss, binary_kl
+from model_core.distill import (TeacherReliability, attention_map, attentive_feature_loss, attentive_prediction_loss,
+                                binary_kl)
 
 
 def maps():
@@ -65,3 +66,28 @@ def test_attention_without_labels_follows_teacher_confidence():
     attention = attention_map(teacher_logits)
     assert attention[0, 0, 0, 0] > 0.95 and attention[0, 0, 1, 1] == 0  # sure: kept; unsure (p = 0.5): not
     assert torch.equal(attention_map(teacher_logits, attentive=False), torch.ones_like(teacher_logits))
+
+
+def test_reliability_counts_how_often_each_teacher_call_matched_the_fine_labels():
+    teacher_logits, fine, valid = maps()          # "mine" calls: 1 right, 1 wrong, 1 unsure (logit 0 = background)
+    reliability = TeacherReliability()
+    assert reliability.rates.tolist() == [1.0, 1.0]  # trusted before any label
+    reliability.update(teacher_logits, fine, valid)
+    background, mine = reliability.rates.tolist()
+    assert mine == pytest.approx((1 + 1) / (1 + 2)) and background == pytest.approx((1 + 1) / (1 + 2))
+    reliability.update(teacher_logits, fine, torch.zeros_like(valid))  # ignored pixels do not count
+    assert reliability.rates.tolist() == pytest.approx([background, mine])
+
+
+def test_unlabelled_attention_weighs_each_teacher_call_by_its_reliability():
+    """A coarse teacher whose "mine" calls were mostly wrong on the labelled chips keeps little say on imagery."""
+    reliability = TeacherReliability()
+    sure_mine, sure_background = torch.full((1, 1, 4, 4), 6.0), torch.full((1, 1, 4, 4), -6.0)
+    for _ in range(3):  # labelled pixels: the teacher's "mine" is right 1 time in 4, its "background" always
+        reliability.update(sure_mine, (torch.arange(16) % 4 == 0).float().view(1, 1, 4, 4), torch.ones(1, 1, 4, 4))
+        reliability.update(sure_background, torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4))
+    logits = torch.tensor([[[[6.0, -6.0]]]])
+    attention = attention_map(logits, reliability=reliability)
+    assert attention[0, 0, 0, 0] == pytest.approx(13 / 49, abs=0.01)  # (1 + 12 agreed) / (1 + 48 calls)
+    assert attention[0, 0, 0, 1] > 0.99
+    assert torch.equal(attention_map(logits), attention_map(logits, reliability=TeacherReliability()))

@@ -56,15 +56,16 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
 
     def method_parameters(self):
         from model_core.paths import DEFAULT_MODEL
+        from model_core.train import TrainConfig
 
         parameters = [
             QgsProcessingParameterFile(self.TEACHER, "Teacher model", extension="safetensors",
                                        defaultValue=str(DEFAULT_MODEL)),
             QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
                                        defaultValue=0)]
-        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", 1.0),
-                                     (self.LAMBDA_PRED, "Prediction distillation weight", 1.0),
-                                     (self.TEMPERATURE, "Distillation temperature", 2.0)):
+        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", TrainConfig.lambda_feat),
+                                     (self.LAMBDA_PRED, "Prediction distillation weight", TrainConfig.lambda_pred),
+                                     (self.TEMPERATURE, "Distillation temperature", TrainConfig.temperature)):
             parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
                                                      defaultValue=default, minValue=0.0)
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
