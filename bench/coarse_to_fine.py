@@ -13,9 +13,12 @@ std over seeds. Prints the table and writes it as Markdown and CSV into the work
 
 import argparse
 import csv
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry  # noqa: E402
 from model_core.bundle import load_bundle  # noqa: E402
-from model_core.device import set_cpu_threads  # noqa: E402
 from model_core.infer import predict_raster  # noqa: E402
 from model_core.metrics import evaluate_mask_raster  # noqa: E402
 from model_core.synthetic import DomainShift, write_scene_set  # noqa: E402
-from model_core.train import STUDENT_METHODS, TrainConfig, finetune_student, train_teacher  # noqa: E402
+from model_core.train import STUDENT_METHODS, TEACHER_INIT, TrainConfig, finetune_student, train_teacher  # noqa: E402
 
 METRICS = ("iou", "f1", "boundary_f1")
 TABLE_METHODS = ("coarse_only",) + tuple(m for m in ("fine_only", "finetune", "joint", "kd", "minec2f")
@@ -55,21 +57,49 @@ SETTINGS = {
                  seeds=3),
     "quick": dict(coarse=6, fine=3, test=2, size=256, teacher=(8, 15), student=(5, 10), budgets=(8, 32), seeds=1),
 }
+CHIPS = dict(chip_size=128, stride=64, batch=8, patience=100)
 
 
-def score(bundle_path, test_scenes, work):
+def score(bundle_path, test_scenes):
     """Mean scores of a bundle over the test scenes, through the tiled inference engine."""
     bundle = load_bundle(bundle_path)
     scores = []
-    for scene in test_scenes:
-        prob, mask = work / "prob.tif", work / "mask.tif"
-        with rasterio.open(scene["image"]) as src:
-            band_index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
-            radiometry, _ = resolve_radiometry(src)
-        predict_raster(scene["image"], bundle, prob, device="cpu", band_index=band_index, radiometry=radiometry,
-                       mask_path=mask)
-        scores.append(evaluate_mask_raster(mask, scene["fine_mask"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for scene in test_scenes:
+            prob, mask = Path(tmp) / "prob.tif", Path(tmp) / "mask.tif"
+            with rasterio.open(scene["image"]) as src:
+                band_index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
+                radiometry, _ = resolve_radiometry(src)
+            predict_raster(scene["image"], bundle, prob, device="cpu", band_index=band_index, radiometry=radiometry,
+                           mask_path=mask)
+            scores.append(evaluate_mask_raster(mask, scene["fine_mask"]))
     return {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
+
+
+def use_threads(count):
+    """Worker set-up: torch uses ``count`` threads (MINEC2F_THREADS, which the training loop honours)."""
+    os.environ["MINEC2F_THREADS"] = str(count)
+
+
+def teacher_run(seed, setting, data, work):
+    """Train and score the seed's teacher (``coarse_only``)."""
+    epochs, steps = setting["teacher"]
+    teacher_path = work / f"teacher_s{seed}.safetensors"
+    train_teacher(*data["coarse"], teacher_path, overwrite=True,
+                  config=TrainConfig(method="coarse_only", epochs=epochs, steps_per_epoch=steps, lr=2e-3,
+                                     seed=seed, **CHIPS))
+    return score(teacher_path, data["test"])
+
+
+def student_run(method, budget, seed, setting, data, work):
+    """Train one student method on ``budget`` fine chips from the seed's teacher and score it."""
+    epochs, steps = setting["student"]
+    out = work / f"{method}_b{budget}_s{seed}.safetensors"
+    config = TrainConfig(method=method, epochs=epochs, steps_per_epoch=steps, seed=seed, max_chips=budget,
+                         lr=5e-4 if method in TEACHER_INIT else 2e-3, **CHIPS)
+    finetune_student(work / f"teacher_s{seed}.safetensors", *data["fine"], out, overwrite=True, config=config,
+                     coarse=data["coarse"])
+    return score(out, data["test"])
 
 
 def main():
@@ -79,13 +109,14 @@ def main():
     parser.add_argument("--seeds", type=int, help="seeds per method (default 3, quick 1)")
     parser.add_argument("--methods", nargs="+", choices=TABLE_METHODS, default=list(TABLE_METHODS))
     parser.add_argument("--work", help="folder for scenes, bundles and the table (default: a temp folder)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="training runs at once, each on its share of the cores (default: one per core)")
     args = parser.parse_args()
     setting = SETTINGS["quick" if args.quick else "full"]
     budgets = args.budgets or setting["budgets"]
     seeds = range(args.seeds or setting["seeds"])
     work = Path(args.work or tempfile.mkdtemp(prefix="minec2f_c2f_"))
     work.mkdir(parents=True, exist_ok=True)
-    set_cpu_threads(None)
     started = time.perf_counter()
 
     size = setting["size"]
@@ -94,45 +125,44 @@ def main():
     fine_images, fine_gpkg, _ = write_scene_set(work / "fine", setting["fine"], 12, size, fine_shift, "fine")
     _, _, test_scenes = write_scene_set(work / "test", setting["test"], 13, size, fine_shift, "fine",
                                         offset_every=2)
-    chips = dict(chip_size=128, stride=64, batch=8, patience=100)
-    results = {}  # (method, budget) -> list of score dicts
+    data = {"coarse": (coarse_images, coarse_gpkg), "fine": (fine_images, fine_gpkg), "test": test_scenes}
+    results = {}  # (method, budget) -> {seed: score dict}
 
-    for seed in seeds:
-        teacher_path = work / f"teacher_s{seed}.safetensors"
-        epochs, steps = setting["teacher"]
-        train_teacher(coarse_images, coarse_gpkg, teacher_path, overwrite=True,
-                      config=TrainConfig(method="coarse_only", epochs=epochs, steps_per_epoch=steps, lr=2e-3,
-                                         seed=seed, **chips))
-        teacher_scores = score(teacher_path, test_scenes, work)
-        for budget in budgets:
-            results.setdefault(("coarse_only", budget), []).append(teacher_scores)
-        print(f"[{time.perf_counter() - started:6.0f} s] seed {seed} teacher: {fmt(teacher_scores)}", flush=True)
-        epochs, steps = setting["student"]
-        for budget in budgets:
-            for method in args.methods:
-                if method == "coarse_only":
-                    continue
-                out = work / f"{method}_b{budget}_s{seed}.safetensors"
-                config = TrainConfig(method=method, epochs=epochs, steps_per_epoch=steps, lr=5e-4 if method in (
-                    "finetune", "kd", "minec2f") else 2e-3, seed=seed, max_chips=budget, **chips)
-                finetune_student(teacher_path, fine_images, fine_gpkg, out, overwrite=True, config=config,
-                                 coarse=(coarse_images, coarse_gpkg))
-                results.setdefault((method, budget), []).append(score(out, test_scenes, work))
-                print(f"[{time.perf_counter() - started:6.0f} s] seed {seed} budget {budget:4d} {method:12s} "
-                      f"{fmt(results[(method, budget)][-1])}", flush=True)
+    def report(key, seed, scores):
+        results.setdefault(key, {})[seed] = scores
+        print(f"[{time.perf_counter() - started:6.0f} s] seed {seed} budget {key[1]:4d} {key[0]:12s} {fmt(scores)}",
+              flush=True)
+
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=use_threads, initargs=(threads,)) as pool:
+        teachers = {pool.submit(teacher_run, seed, setting, data, work): seed for seed in seeds}
+        students = {}
+        for done in as_completed(teachers):  # a seed's students start as soon as its teacher is trained
+            seed = teachers[done]
+            for budget in budgets:
+                report(("coarse_only", budget), seed, done.result())
+                for method in args.methods:
+                    if method != "coarse_only":
+                        students[pool.submit(student_run, method, budget, seed, setting, data, work)] = (
+                            method, budget, seed)
+        for done in as_completed(students):
+            method, budget, seed = students[done]
+            report((method, budget), seed, done.result())
 
     table = markdown_table(results, budgets, args.methods)
     minutes = (time.perf_counter() - started) / 60
     header = (f"{len(seeds)} seed(s); {setting['coarse']} coarse, {setting['fine']} fine and {setting['test']} "
-              f"test scenes of {size}^2 px; student {setting['student'][0]} x {setting['student'][1]} steps of "
-              f"8 chips of 128 px; {minutes:.1f} min on the CPU")
+              f"test scenes of {size}^2 px; teacher {setting['teacher'][0]} x {setting['teacher'][1]} and student "
+              f"{setting['student'][0]} x {setting['student'][1]} steps of {CHIPS['batch']} chips of "
+              f"{CHIPS['chip_size']} px; {args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min")
     print("\n" + header + "\n\n" + table)
     (work / "coarse_to_fine.md").write_text(header + "\n\n" + table + "\n")
     with open(work / "coarse_to_fine.csv", "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["method", "budget", "seed", *METRICS])
         for (method, budget), runs in results.items():
-            for seed, run in zip(seeds, runs):
+            for seed, run in sorted(runs.items()):
                 writer.writerow([method, budget, seed, *(f"{run[k]:.4f}" for k in METRICS)])
     print(f"\nwritten: {work / 'coarse_to_fine.md'}, {work / 'coarse_to_fine.csv'}")
 
@@ -147,9 +177,9 @@ def markdown_table(results, budgets, methods):
     for method in methods:
         cells = []
         for budget in budgets:
-            runs = results.get((method, budget), [])
+            runs = results.get((method, budget), {})
             for key in METRICS:
-                values = [run[key] for run in runs]
+                values = [run[key] for run in runs.values()]
                 cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
