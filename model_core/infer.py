@@ -2,9 +2,11 @@
 
 How a raster (or a window of it) is processed:
 
-- The region is covered by a grid of ``tile`` x ``tile`` windows that overlap by ``overlap`` pixels; the last
-  row/column of tiles is shifted back to end on the region's edge, so every tile lies inside the raster. A region
-  smaller than a tile gets one tile of its own size. Tiles are padded (reflect) up to a multiple of the net's stride.
+- The region is covered by a grid of windows of at most ``tile`` x ``tile`` pixels that overlap by at least
+  ``overlap`` pixels: per axis, as many tiles as ``tile`` needs, shrunk to the smallest multiple of the net's
+  stride that still covers it and spread evenly from edge to edge, so every tile lies inside the raster and no
+  tile is mostly overlap. A region smaller than a tile gets one tile of its own size, padded (reflect) up to a
+  multiple of the net's stride.
 - Each tile's probabilities are weighted by a 2-D raised cosine (Hann) window with a small floor, so tile edges
   count little and seams vanish; pixels at the raster edge (covered by one tile) still get a non-zero weight.
   The tile grid is a product of row and column origins, so the sum of weights is the outer product of two 1-D

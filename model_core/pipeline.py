@@ -57,8 +57,8 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
     """Segment mining footprints in ``input_path`` with ``model`` (bundle path or loaded Bundle).
 
     Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec, an unset ``batch``
-    from the device. ``precision``:
-    "auto" (float16 on CUDA, bfloat16 on CPUs that compute it natively) or "float32".
+    from the device. ``precision``: "auto" (float16 on CUDA, bfloat16 on CPUs that compute it natively) or
+    "float32".
     Raises InputError / BandMismatchError / BundleError / OutputError / Cancelled with a one-line message.
     """
     progress = progress or (lambda percent: None)
