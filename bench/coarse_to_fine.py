@@ -55,7 +55,7 @@ SETTINGS = {
     # scenes: coarse, fine train, fine test; size px; teacher/student epochs x steps per epoch
     "full": dict(coarse=12, fine=8, test=4, size=384, teacher=(12, 20), student=(6, 10), budgets=(8, 32, 128),
                  seeds=3),
-    "quick": dict(coarse=6, fine=3, test=2, size=256, teacher=(8, 15), student=(5, 10), budgets=(8, 32), seeds=1),
+    "quick": dict(coarse=6, fine=3, test=2, size=256, teacher=(8, 12), student=(4, 10), budgets=(8, 32), seeds=1),
 }
 CHIPS = dict(chip_size=128, stride=64, batch=8, patience=100)
 
