@@ -267,7 +267,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
             for item in loader:
                 if is_canceled():
                     raise Cancelled(f"training cancelled in epoch {epoch}; the best model so far is in {out.name} "
-                                    f"and the run resumes from {checkpoint.name} with --resume")
+                                    f"and the run resumes from {checkpoint.name} with --resume (Resume in QGIS)")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
                 extra = info.to_device(next(imagery)["image"]) if imagery is not None else None
                 with info.autocast():
