@@ -1,6 +1,6 @@
 """Accuracy table of the coarse-to-fine methods on synthetic domains with a domain shift.
 
-    .venv/bin/python bench/coarse_to_fine.py [--quick] [--budgets 8 32 128] [--seeds 3] [--work DIR]
+    .venv/bin/python bench/coarse_to_fine.py [--quick] [--budgets 8 32 128] [--seeds 3] [--work DIR] [--workers N]
 
 Coarse domain: many scenes (arid, mixed, temperate; sensor gain 0.85-1.15, haze, dry/winter season, weathered
 or fresh mines) labelled with inventory-style outlines (buffered, generalised, shifted). Fine domain: other
@@ -8,7 +8,8 @@ scenes (temperate, tropical, mixed; near-unit gain, little haze, summer) with ex
 teacher (``coarse_only``) learns the coarse domain; every other method then trains on a fixed budget of fine
 chips with the same number of optimiser steps, and is scored on held-out fine-domain scenes by the inference
 engine (tiled, at the threshold the run chose on its validation chips): IoU, F1 and boundary F1 (2 px), mean ±
-std over seeds. Prints the table and writes it as Markdown and CSV into the work folder.
+std over seeds. Runs train in worker processes, one per core by default, each with its share of the threads.
+Prints the table and writes it as Markdown and CSV into the work folder.
 """
 
 import argparse
