@@ -198,3 +198,20 @@ def test_loader_workers_feed_a_gpu_and_spare_the_cpu():
     assert training.loader_workers(TrainConfig(), gpu) >= 1
     assert training.loader_workers(TrainConfig(), cpu) == 0
     assert training.loader_workers(TrainConfig(workers=3), cpu) == 3
+
+
+def test_minec2f_loss_learns_the_teachers_reliability_from_labelled_pixels_only():
+    """The labelled chips feed the reliability counts; the unlabelled imagery batch does not."""
+    torch.manual_seed(0)
+    teacher = build_net(in_channels=6).eval()
+    loss = training.LossForMethod(TrainConfig(method="minec2f"), teacher)
+    image, imagery = torch.randn(2, 6, 32, 32), torch.randn(3, 6, 32, 32)
+    mask, valid = torch.zeros(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    valid[:, :, :8] = 0
+    value, parts = loss(build_net(in_channels=6), image, mask, valid, imagery)
+    assert torch.isfinite(value) and set(parts) == {"seg", "feat", "pred"}
+    with torch.no_grad():
+        mine_calls = ((teacher(image) > 0) & (valid > 0)).sum().item()
+    assert loss.reliability.calls.tolist() == [1 + valid.sum().item() - mine_calls, 1 + mine_calls]
+    assert loss.reliability.agreed.tolist() == [1 + valid.sum().item() - mine_calls, 1]  # labels: all background
+    assert training.LossForMethod(TrainConfig(method="kd"), teacher).reliability is None
