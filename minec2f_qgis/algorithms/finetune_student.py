@@ -7,6 +7,10 @@ from qgis.core import (QgsProcessingParameterDefinition, QgsProcessingParameterE
 
 from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
 
+# model_core.train.TrainConfig's lambda_feat, lambda_pred, temperature, written out: the provider must load
+# without torch (a test keeps them equal).
+DISTILLATION_DEFAULTS = (0.1, 1.0, 2.0)
+
 # model_core.train.STUDENT_METHODS without "joint": that baseline also needs the teacher's coarse training data,
 # a research comparison run from the command line (python -m model_core finetune --method joint).
 METHODS = [("minec2f", "MineC2F: attentive feature and prediction distillation (recommended)"),
@@ -56,16 +60,15 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
 
     def method_parameters(self):
         from model_core.paths import DEFAULT_MODEL
-        from model_core.train import TrainConfig
 
         parameters = [
             QgsProcessingParameterFile(self.TEACHER, "Teacher model", extension="safetensors",
                                        defaultValue=str(DEFAULT_MODEL)),
             QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
                                        defaultValue=0)]
-        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", TrainConfig.lambda_feat),
-                                     (self.LAMBDA_PRED, "Prediction distillation weight", TrainConfig.lambda_pred),
-                                     (self.TEMPERATURE, "Distillation temperature", TrainConfig.temperature)):
+        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", DISTILLATION_DEFAULTS[0]),
+                                     (self.LAMBDA_PRED, "Prediction distillation weight", DISTILLATION_DEFAULTS[1]),
+                                     (self.TEMPERATURE, "Distillation temperature", DISTILLATION_DEFAULTS[2])):
             parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
                                                      defaultValue=default, minValue=0.0)
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)

@@ -96,6 +96,13 @@ def test_student_methods_are_the_engines_without_joint():
     assert [key for key, _ in METHODS] == [method for method in STUDENT_METHODS if method != "joint"]
 
 
+def test_distillation_defaults_are_the_engines():
+    from minec2f_qgis.algorithms.finetune_student import DISTILLATION_DEFAULTS
+    from model_core.train import TrainConfig
+
+    assert DISTILLATION_DEFAULTS == (TrainConfig.lambda_feat, TrainConfig.lambda_pred, TrainConfig.temperature)
+
+
 class CancelAt(QgsProcessingFeedback):
     """Cancels once progress reaches ``percent``."""
 
