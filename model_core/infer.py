@@ -77,13 +77,18 @@ def inference_net(net, info):
     return net.to(info.device, memory_format=torch.channels_last).eval()
 
 
+def tile_count(length, tile, overlap):
+    """Tiles of size ``tile`` needed to cover ``length`` with at least ``overlap`` overlap."""
+    return 1 if length <= tile else math.ceil((length - tile) / (tile - overlap)) + 1
+
+
 def fitted_tile_size(length, tile, overlap, multiple=1):
     """The smallest tile size, a multiple of ``multiple`` and at most ``tile``, that covers ``length`` with as few
     tiles as ``tile`` needs and at least ``overlap`` overlap: tiles shrink to fit the axis instead of the last one
     overlapping its neighbour by most of its size (fewer pixels through the net)."""
     if length <= tile:
         return length
-    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    count = tile_count(length, tile, overlap)
     size = math.ceil((length + (count - 1) * overlap) / count)
     return min(tile, math.ceil(size / multiple) * multiple)
 
@@ -93,7 +98,7 @@ def tile_origins(length, tile, overlap):
     ``overlap`` overlap."""
     if length <= tile:
         return [0]
-    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    count = tile_count(length, tile, overlap)
     step = (length - tile) / (count - 1)
     return [round(i * step) for i in range(count)]
 
