@@ -29,7 +29,18 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         missing = missing_requirements()
         if missing:
             return False, missing_message(missing)
-        return super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        try:
+            self.check_parameters(parameters, context)
+        except QgsProcessingException as error:
+            return False, str(error)
+        return True, ""
+
+    def check_parameters(self, parameters, context):
+        """The algorithm's own checks, after QGIS's: raise QgsProcessingException naming the parameter and the
+        fix. Subclasses extend it (calling super first)."""
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         missing = missing_requirements()

@@ -48,15 +48,9 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputNumber(self.CHIP_COUNT, "Number of chips"))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            self.output_folder(parameters, context)
-        except QgsProcessingException as error:
-            return False, str(error)
-        return True, ""
+    def check_parameters(self, parameters, context):
+        super().check_parameters(parameters, context)
+        self.output_folder(parameters, context)
 
     def output_folder(self, parameters, context):
         """The output folder; one that exists must be empty or an earlier export, which is then replaced."""

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterFile,
-                       QgsProcessingParameterNumber)
+from qgis.core import (QgsProcessingException, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber)
 
 from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
 
@@ -75,11 +75,10 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
             parameters.append(parameter)
         return parameters
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
-        ok, message = super().checkParameterValues(parameters, context)
-        if ok and self.output_model(parameters, context).resolve() == self.teacher(parameters, context).resolve():
-            return False, f"{self.OUTPUT_MODEL}: that is the teacher model; choose another file name"
-        return ok, message
+    def check_parameters(self, parameters, context):
+        super().check_parameters(parameters, context)
+        if self.output_model(parameters, context).resolve() == self.teacher(parameters, context).resolve():
+            raise QgsProcessingException(f"{self.OUTPUT_MODEL}: that is the teacher model; choose another file name")
 
     def teacher(self, parameters, context):
         return Path(self.parameterAsFile(parameters, self.TEACHER, context))

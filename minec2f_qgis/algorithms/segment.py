@@ -94,16 +94,10 @@ class SegmentAlgorithm(MineC2FAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.FOOTPRINT_COUNT, "Number of footprints"))
         self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA_HA, "Total footprint area (ha)"))
 
-    def checkParameterValues(self, parameters, context):
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
-            self.band_mapping(parameters, context)
-        except QgsProcessingException as error:
-            return False, str(error)
-        return True, ""
+    def check_parameters(self, parameters, context):
+        super().check_parameters(parameters, context)
+        layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
+        self.band_mapping(parameters, context)
 
     def process(self, parameters, context, feedback):
         from model_core.paths import DEFAULT_MODEL

@@ -58,18 +58,12 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
             self.CHIP_SIZE, "Chip size in pixels", QgsProcessingParameterNumber.Integer,
             defaultValue=self.CHIP_SIZE_DEFAULT, minValue=32))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            self.raster_files(parameters, context)
-            if self.parameterAsVectorLayer(parameters, self.POLYGONS, context) is None:
-                raise QgsProcessingException(f"{self.POLYGONS}: no layer given or the layer cannot be read; "
-                                             f"choose a polygon layer or a GeoPackage / shapefile")
-        except QgsProcessingException as error:
-            return False, str(error)
-        return True, ""
+    def check_parameters(self, parameters, context):
+        super().check_parameters(parameters, context)
+        self.raster_files(parameters, context)
+        if self.parameterAsVectorLayer(parameters, self.POLYGONS, context) is None:
+            raise QgsProcessingException(f"{self.POLYGONS}: no layer given or the layer cannot be read; "
+                                         f"choose a polygon layer or a GeoPackage / shapefile")
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         self.rasters = self.raster_files(parameters, context)
@@ -142,16 +136,10 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VAL_IOU, "Validation IoU"))
         self.addOutput(QgsProcessingOutputNumber(self.VAL_F1, "Validation F1"))
 
-    def checkParameterValues(self, parameters, context):  # noqa: N802 (QGIS API)
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
-            self.output_model(parameters, context)
-            self.band_mapping(parameters, context)
-        except QgsProcessingException as error:
-            return False, str(error)
-        return True, ""
+    def check_parameters(self, parameters, context):
+        super().check_parameters(parameters, context)
+        self.output_model(parameters, context)
+        self.band_mapping(parameters, context)
 
     def output_model(self, parameters, context):
         path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
