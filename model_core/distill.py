@@ -31,6 +31,14 @@ class TeacherReliability:
             self.calls[index] += made.sum().item()
             self.agreed[index] += (made & (truth == call)).sum().item()
 
+    def state_dict(self):
+        """The counts as JSON-able lists (kept in resume checkpoints, so a resumed run trusts as the first did)."""
+        return {"agreed": self.agreed.tolist(), "calls": self.calls.tolist()}
+
+    def load_state_dict(self, state):
+        self.agreed = torch.tensor(state["agreed"], dtype=torch.float64)
+        self.calls = torch.tensor(state["calls"], dtype=torch.float64)
+
     @property
     def rates(self):
         """(background, mine) agreement rates in [0, 1]."""

@@ -247,6 +247,8 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     checkpoint = resume_path(out)
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
+        if loss.reliability is not None and "reliability" in state:
+            loss.reliability.load_state_dict(state["reliability"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
                                                       last_epoch=state["epoch"] * steps - 1)
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
@@ -300,6 +302,8 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
         else:
             state["stale"] += 1
         state["epoch"] = epoch
+        if loss.reliability is not None:
+            state["reliability"] = loss.reliability.state_dict()
         try:
             _write_log(log_path, state["history"])
             save_resume(checkpoint, net, optimizer, state)

@@ -2,16 +2,19 @@
 bad input. Tiny chips and few steps keep it to seconds; bench/coarse_to_fine.py measures accuracy properly."""
 
 import errno
+import json
 
 import numpy as np
 import pytest
 import rasterio
 import shapely
 import torch
+from safetensors import safe_open
 
 from model_core import train as training
 from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry
 from model_core.bundle import load_bundle, save_bundle
+from model_core.distill import TeacherReliability
 from model_core.errors import BandMismatchError, Cancelled, InputError, OutputError
 from model_core.infer import predict_raster
 from model_core.metrics import evaluate_mask_raster
@@ -112,6 +115,25 @@ def test_cancel_mid_epoch_keeps_the_last_good_bundle_and_resumes(domains, tmp_pa
     result = train_teacher(images, polygons, out, config=config, resume=True, log=lines.append)
     assert any("resumed" in line and "epoch 1" in line for line in lines)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
+
+
+def test_resumed_student_trusts_the_teacher_as_much_as_before_the_cancel(domains, teacher, tmp_path, monkeypatch):
+    images, polygons = domains["fine"]
+    out = tmp_path / "s.safetensors"
+    config = TrainConfig(method="minec2f", epochs=2, steps_per_epoch=3, **CHIPS)
+    calls = []
+    with pytest.raises(Cancelled):
+        finetune_student(teacher.bundle_path, images, polygons, out, config=config,
+                         is_canceled=lambda: calls.append(1) or len(calls) > 4)
+    with safe_open(str(training.resume_path(out)), framework="pt") as reader:
+        saved = json.loads(reader.metadata()["loop"])["reliability"]
+    assert sum(saved["calls"]) > 3 * 8 * 64 * 64 * 0.5  # epoch 1's labelled pixels were counted
+    restored = []
+    original = TeacherReliability.load_state_dict
+    monkeypatch.setattr(TeacherReliability, "load_state_dict",
+                        lambda self, state: restored.append(state) or original(self, state))
+    finetune_student(teacher.bundle_path, images, polygons, out, config=config, resume=True)
+    assert restored == [saved]
 
 
 def test_cancel_before_the_first_epoch_leaves_no_bundle(domains, tmp_path):
