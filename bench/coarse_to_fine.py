@@ -1,6 +1,7 @@
 """Accuracy table of the coarse-to-fine methods on synthetic domains with a domain shift.
 
     .venv/bin/python bench/coarse_to_fine.py [--quick] [--budgets 8 32 128] [--seeds 3] [--work DIR] [--workers N]
+        [--methods ...] [--one-scene] [--teacher-labels coarse|fine]
 
 Coarse domain: many scenes (arid, mixed, temperate; sensor gain 0.85-1.15, haze, dry/winter season, weathered
 or fresh mines) labelled with inventory-style outlines (buffered, generalised, shifted). Fine domain: other
@@ -10,6 +11,11 @@ chips with the same number of optimiser steps, and is scored on held-out fine-do
 engine (tiled, at the threshold the run chose on its validation chips): IoU, F1 and boundary F1 (2 px), mean ±
 std over seeds. Runs train in worker processes, one per core by default, each with its share of the threads.
 Prints the table and writes it as Markdown and CSV into the work folder.
+
+Two variations test why a method wins or loses. ``--one-scene``: each seed's fine chips all come from one fine
+scene (seed k: scene k), as when an analyst digitises a few polygons on one image. ``--teacher-labels fine``:
+a control where the teacher learns the coarse domain's exact footprints instead of inventory outlines, so it
+knows more than a few fine chips can teach; distillation should then help, whatever the coarse labels do.
 """
 
 import argparse
@@ -92,13 +98,16 @@ def teacher_run(seed, setting, data, work):
     return score(teacher_path, data["test"])
 
 
-def student_run(method, budget, seed, setting, data, work):
-    """Train one student method on ``budget`` fine chips from the seed's teacher and score it."""
+def student_run(method, budget, seed, setting, data, work, one_scene=False):
+    """Train one student method on ``budget`` fine chips (with ``one_scene``: from fine scene ``seed`` only) from
+    the seed's teacher and score it."""
     epochs, steps = setting["student"]
+    images, polygons = data["fine"]
+    fine = ([images[seed % len(images)]], polygons) if one_scene else data["fine"]
     out = work / f"{method}_b{budget}_s{seed}.safetensors"
     config = TrainConfig(method=method, epochs=epochs, steps_per_epoch=steps, seed=seed, max_chips=budget,
                          lr=5e-4 if method in TEACHER_INIT else 2e-3, **CHIPS)
-    finetune_student(work / f"teacher_s{seed}.safetensors", *data["fine"], out, overwrite=True, config=config,
+    finetune_student(work / f"teacher_s{seed}.safetensors", *fine, out, overwrite=True, config=config,
                      coarse=data["coarse"])
     return score(out, data["test"])
 
@@ -109,6 +118,9 @@ def main():
     parser.add_argument("--budgets", type=int, nargs="+", help="fine training chips per run")
     parser.add_argument("--seeds", type=int, help="seeds per method (default 3, quick 1)")
     parser.add_argument("--methods", nargs="+", choices=TABLE_METHODS, default=list(TABLE_METHODS))
+    parser.add_argument("--one-scene", action="store_true", help="each seed's fine chips from one fine scene")
+    parser.add_argument("--teacher-labels", choices=("coarse", "fine"), default="coarse",
+                        help="what the teacher learns the coarse domain from (fine: the exact-label control)")
     parser.add_argument("--work", help="folder for scenes, bundles and the table (default: a temp folder)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="training runs at once, each on its share of the cores (default: one per core)")
@@ -122,7 +134,7 @@ def main():
 
     size = setting["size"]
     coarse_images, coarse_gpkg, _ = write_scene_set(work / "coarse", setting["coarse"], 11, size, coarse_shift,
-                                                    "coarse")
+                                                    args.teacher_labels, stem="coarse")
     fine_images, fine_gpkg, _ = write_scene_set(work / "fine", setting["fine"], 12, size, fine_shift, "fine")
     _, _, test_scenes = write_scene_set(work / "test", setting["test"], 13, size, fine_shift, "fine",
                                         offset_every=2)
@@ -145,8 +157,8 @@ def main():
                 report(("coarse_only", budget), seed, done.result())
                 for method in args.methods:
                     if method != "coarse_only":
-                        students[pool.submit(student_run, method, budget, seed, setting, data, work)] = (
-                            method, budget, seed)
+                        run = pool.submit(student_run, method, budget, seed, setting, data, work, args.one_scene)
+                        students[run] = (method, budget, seed)
         for done in as_completed(students):
             method, budget, seed = students[done]
             report((method, budget), seed, done.result())
@@ -156,7 +168,10 @@ def main():
     header = (f"{len(seeds)} seed(s); {setting['coarse']} coarse, {setting['fine']} fine and {setting['test']} "
               f"test scenes of {size}^2 px; teacher {setting['teacher'][0]} x {setting['teacher'][1]} and student "
               f"{setting['student'][0]} x {setting['student'][1]} steps of {CHIPS['batch']} chips of "
-              f"{CHIPS['chip_size']} px; {args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min")
+              f"{CHIPS['chip_size']} px; {args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min"
+              + ("; fine chips of seed k from fine scene k only" if args.one_scene else "")
+              + ("; CONTROL: teacher trained on the coarse domain's exact footprints"
+                 if args.teacher_labels == "fine" else ""))
     print("\n" + header + "\n\n" + table)
     (work / "coarse_to_fine.md").write_text(header + "\n\n" + table + "\n")
     with open(work / "coarse_to_fine.csv", "w", newline="") as stream:
