@@ -5,13 +5,14 @@
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_core.nets import build_net, count_parameters  # noqa: E402
+from net_speed import seconds_per_call  # noqa: E402
 
 CANDIDATES = [  # (encoder, depth, decoder channels)
     ("resnet18", 4, (128, 64, 32, 16)),
@@ -37,12 +38,7 @@ def main():
         except Exception as error:  # an encoder missing from this smp version is reported, not fatal
             print(f"{encoder:18} unavailable: {error}")
             continue
-        with torch.inference_mode():
-            net(x)
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                net(x)
-            seconds = (time.perf_counter() - start) / args.repeats
+        seconds = seconds_per_call(net, x, args.repeats)
         params = count_parameters(net)
         print(f"{encoder:18} {depth:5d} {str(decoder):>16} {params / 1e6:9.2f} {params * 4 / 1e6:8.1f} "
               f"{1000 * seconds / 4:8.1f}")
