@@ -131,6 +131,14 @@ class LossForMethod:
         self.attentive = config.method == "minec2f"
         self.reliability = TeacherReliability() if self.attentive else None
 
+    def state_dict(self):
+        """What the loss learned during training (the teacher's reliability), for resume checkpoints."""
+        return {"reliability": self.reliability.state_dict()} if self.reliability is not None else {}
+
+    def load_state_dict(self, state):
+        if self.reliability is not None and "reliability" in state:
+            self.reliability.load_state_dict(state["reliability"])
+
     def __call__(self, net, image, mask, valid, imagery=None):
         """``imagery``: an optional batch of unlabelled chips on which only the distillation terms act."""
         cfg = self.config
@@ -247,8 +255,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     checkpoint = resume_path(out)
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
-        if loss.reliability is not None and "reliability" in state:
-            loss.reliability.load_state_dict(state["reliability"])
+        loss.load_state_dict(state.get("loss", {}))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
                                                       last_epoch=state["epoch"] * steps - 1)
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
@@ -302,8 +309,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
         else:
             state["stale"] += 1
         state["epoch"] = epoch
-        if loss.reliability is not None:
-            state["reliability"] = loss.reliability.state_dict()
+        state["loss"] = loss.state_dict()
         try:
             _write_log(log_path, state["history"])
             save_resume(checkpoint, net, optimizer, state)

@@ -126,7 +126,7 @@ def test_resumed_student_trusts_the_teacher_as_much_as_before_the_cancel(domains
         finetune_student(teacher.bundle_path, images, polygons, out, config=config,
                          is_canceled=lambda: calls.append(1) or len(calls) > 4)
     with safe_open(str(training.resume_path(out)), framework="pt") as reader:
-        saved = json.loads(reader.metadata()["loop"])["reliability"]
+        saved = json.loads(reader.metadata()["loop"])["loss"]["reliability"]
     assert sum(saved["calls"]) > 3 * 8 * 64 * 64 * 0.5  # epoch 1's labelled pixels were counted
     restored = []
     original = TeacherReliability.load_state_dict
