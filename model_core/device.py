@@ -1,7 +1,8 @@
 """One place for device choice and device-specific behaviour (CPU or CUDA).
 
 ``resolve_device("auto")`` picks CUDA when present, else the CPU. On CUDA: fp16 autocast, pinned host memory
-with non-blocking copies, and batches halved on out-of-memory. On the CPU: full precision and a set thread count.
+with non-blocking copies, and batches halved on out-of-memory. On the CPU: full precision, a set thread count and
+two inference calls at once.
 """
 
 import os
@@ -52,11 +53,24 @@ def resolve_device(request="auto", *, cuda_available=None):
     return DeviceInfo(torch.device("cpu"), f"CPU ({torch.get_num_threads()} threads)", False)
 
 
+def cpu_threads():
+    """CPU threads MineC2F may use: MINEC2F_THREADS, else all cores."""
+    return int(os.environ.get("MINEC2F_THREADS", 0)) or os.cpu_count() or 1
+
+
 def set_cpu_threads(count=None):
-    """Use ``count`` CPU threads for torch (default: MINEC2F_THREADS or all cores)."""
-    count = count or int(os.environ.get("MINEC2F_THREADS", 0)) or os.cpu_count() or 1
+    """Use ``count`` CPU threads for torch in the calling thread (default: :func:`cpu_threads`)."""
+    count = count or cpu_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
+
+
+def inference_workers(info, threads=None):
+    """Model calls to run at once for inference on ``info``'s device with ``threads`` CPU threads (default
+    :func:`cpu_threads`), which they share. One on CUDA. Two on the CPU: convolutions scale poorly across threads,
+    so two 1-thread calls on 2 cores finish sooner than two 2-thread calls in turn
+    (bench/infer_throughput.py --workers)."""
+    return 1 if info.is_cuda or (threads or cpu_threads()) < 2 else 2
 
 
 def run_with_oom_backoff(run, batch):

@@ -15,7 +15,9 @@ How a raster (or a window of it) is processed:
   is done, the rows no later tile touches are written out. Peak memory therefore grows with width x tile, never
   with the raster's height, and the GDAL block cache is what bounds the rest.
 - A reader thread reads, normalises and batches tiles ahead of the model (a bounded prefetch queue); a writer
-  thread encodes and writes finished rows, so disk and model overlap.
+  thread encodes and writes finished rows, so disk and model overlap. On the CPU two model calls run at once on
+  half the threads each (:func:`device.inference_workers`); their tiles are blended in reading order, so the
+  result does not depend on the number of calls.
 - Pixels that are nodata in any model band (dataset nodata, per-band or alpha masks, NaN) are written as nodata in
   the probability raster and the mask. Tiles with no valid pixel skip the model.
 """
@@ -23,6 +25,8 @@ How a raster (or a window of it) is processed:
 import math
 import queue
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -316,14 +320,15 @@ class StripAccumulator:
 
 def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=None, band_index,
                    radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", precision="auto",
-                   progress=None, is_canceled=None):
+                   workers=None, progress=None, is_canceled=None):
     """Run ``bundle``'s net over ``src_path`` (or its ``window``) and write the probability raster ``prob_path``.
 
     ``band_index``: 1-based raster band per model band. ``radiometry``: reflectance = DN * scale + offset (scalars
     or per model band); the bundle's per-band mean/std then normalise. ``batch``: tiles per model call (default:
     the device's, see :attr:`DeviceInfo.inference_batch`). With ``mask_path`` the thresholded mask
     (``threshold``, default the bundle's) is written in the same pass. Outputs share the region's grid.
-    ``precision``: "auto" (see :func:`autocast_for`) or "float32".
+    ``precision``: "auto" (see :func:`autocast_for`) or "float32". ``workers``: model calls run at once, sharing
+    the CPU threads (default: :func:`device.inference_workers`).
     Raises InputError when no pixel of the region has data, Cancelled when ``is_canceled()`` turns True.
     """
     spec = bundle.spec
@@ -348,21 +353,34 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     reader_thread = _Worker(lambda: _feed(reader, batches), stop)
     writer = RowWriter(prob_path, mask_path, threshold, prob_format, grid_profile, stop)
     strip = StripAccumulator(grid)
-    devices.set_cpu_threads()
+    workers = int(workers or devices.inference_workers(info))
+    calls = ThreadPoolExecutor(workers, initializer=devices.set_cpu_threads,
+                               initargs=(max(1, devices.cpu_threads() // workers),))
     reader_thread.start()
     writer.thread.start()
     try:
-        tiles_done = 0
-        for item in batches:
-            if is_canceled():
-                raise Cancelled("segmentation was cancelled; no output was written")
-            probs, batch = _predict_batch(net, info, autocast_for(info, precision), item, batch)
+        running, tiles_done = deque(), 0
+
+        def blend_oldest():
+            nonlocal batch, tiles_done
+            item, call = running.popleft()
+            probs, batch = call.result()
             for (row, col), prob, valid in zip(item.places, probs, item.valid):
                 if row > strip.top:
                     writer.pipe.put(strip.advance(row))
                 strip.add(row, col, prob, valid)
             tiles_done += len(item.places)
             progress(100.0 * tiles_done / len(grid))
+
+        for item in batches:
+            if is_canceled():
+                raise Cancelled("segmentation was cancelled; no output was written")
+            call = calls.submit(_predict_batch, net, info, autocast_for(info, precision), item, batch)
+            running.append((item, call))
+            if len(running) == workers:
+                blend_oldest()
+        while running:
+            blend_oldest()
         reader_thread.finish()
         if not stop.is_set():  # else the writer failed: finish() below raises its error
             writer.pipe.put(strip.advance(grid.height))
@@ -370,6 +388,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
         writer.thread.finish()
     finally:
         stop.set()
+        calls.shutdown(cancel_futures=True)
         reader_thread.join()
         writer.thread.join()
     if strip.valid_pixels == 0:

@@ -60,3 +60,17 @@ def test_oom_with_batch_one_is_a_clear_error():
 
     with pytest.raises(InputError, match="ran out of memory even with one tile"):
         devices.run_with_oom_backoff(run, 4)
+
+
+def test_cpu_inference_runs_two_calls_at_once_and_cuda_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA Test GPU")
+    cpu = devices.resolve_device("cpu")
+    assert devices.inference_workers(cpu, threads=2) == 2
+    assert devices.inference_workers(cpu, threads=8) == 2
+    assert devices.inference_workers(cpu, threads=1) == 1
+    assert devices.inference_workers(devices.resolve_device("auto", cuda_available=True), threads=8) == 1
+
+
+def test_inference_calls_follow_minec2f_threads(monkeypatch):
+    monkeypatch.setenv("MINEC2F_THREADS", "1")
+    assert devices.inference_workers(devices.resolve_device("cpu")) == 1

@@ -268,7 +268,22 @@ def test_cuda_out_of_memory_halves_the_batch_for_the_rest_of_the_run(make_raster
     monkeypatch.setattr("model_core.infer.inference_net", lambda net, info: TwoTilesAtMost(net))
     dn = random_dn((3, 200, 200))
     predict(make_raster("in.tif", dn), bundle, tmp_path / "prob.tif", batch=8, band_index=[1, 2, 3],
-            prob_format="float32")
+            prob_format="float32", workers=1)  # one call at a time, as on CUDA (device.inference_workers)
     prob, _ = read(tmp_path / "prob.tif")
     np.testing.assert_allclose(prob, expected_prob(dn.astype(np.float32), bundle), atol=1e-5)
     assert calls[:3] == [8, 4, 2] and set(calls[3:]) <= {1, 2}  # halved once, then kept small
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_model_calls_run_at_once_give_the_probabilities_of_one_call_at_a_time(make_raster, tmp_path, tiny_bundle,
+                                                                              workers):
+    """Tiles come back from parallel calls in reading order, so blending is the same whatever the worker count."""
+    src = make_raster("in.tif", random_dn((6, 150, 230)))
+    outputs = {}
+    for count in (workers, 2):
+        path = tmp_path / f"prob_{count}.tif"
+        predict(src, tiny_bundle, path, tile=64, overlap=16, band_index=list(range(1, 7)), prob_format="float32",
+                workers=count)
+        outputs[count] = read(path)[0]
+    assert np.ptp(outputs[2]) > 0.01
+    np.testing.assert_array_equal(outputs[workers], outputs[2])
