@@ -4,9 +4,9 @@ The attention map says, per pixel, how much of the teacher to keep: high where t
 agrees with the fine label, zero where it disagrees (its coarse-boundary errors, which the student must unlearn)
 and where the label is ignored. On imagery without fine labels it is the teacher's confidence times the
 reliability of the teacher's call there (:class:`TeacherReliability`): how often that call - "mine" or
-"background" - agreed with the fine labels so far. A coarse teacher's "mine" is often the buffer around a real
-footprint; its errors repeat beyond the labelled chips, so its word counts there only as much as the labels
-showed it can be trusted. With ``attentive=False`` the map is the valid mask (or all ones without labels):
+"background" - at that distance from the teacher's own outline agreed with the fine labels so far. A coarse
+teacher's "mine" near its outline is mostly the buffer around a real footprint; its errors repeat beyond the
+labelled chips, so its word counts there only as much as the labels showed it can be trusted. With ``attentive=False`` the map is the valid mask (or all ones without labels):
 plain distillation.
 """
 
@@ -16,38 +16,62 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
+OUTLINE_DISTANCES = (2, 4, 8, 16, 32)  # px: edges of the distance-from-own-outline bins of TeacherReliability
+
+
+def outline_distance_bins(calls, edges=OUTLINE_DISTANCES):
+    """[N, 1, H, W] index of the bin (0 .. len(edges)) of each pixel's distance to the nearest pixel of the other
+    call (chessboard distance, within the chip): bin k holds distances in [edges[k-1], edges[k])."""
+    bins = torch.zeros(calls.shape, dtype=torch.long, device=calls.device)
+    for call, other in ((calls, ~calls), (~calls, calls)):
+        other = other.float()
+        for edge in edges:
+            radius = edge - 1
+            near = F.max_pool2d(F.max_pool2d(other, (1, 2 * radius + 1), 1, (0, radius)),
+                                (2 * radius + 1, 1), 1, (radius, 0))
+            bins += (call & (near < 0.5)).long()
+    return bins
+
+
 class TeacherReliability:
     """Share of the teacher's "background" and "mine" calls that agreed with the fine labels, over every labelled
-    pixel seen so far (one agreeing pseudo-count each to start: trusted until the labels say otherwise)."""
+    pixel seen so far, by distance from the teacher's own outline (bins of OUTLINE_DISTANCES; one agreeing
+    pseudo-count each to start: trusted until the labels say otherwise). A coarse teacher's "mine" calls near its
+    outline are mostly the generalised buffer around a footprint; deep inside its polygons they are mostly right."""
 
     def __init__(self):
-        self.agreed = torch.ones(2, dtype=torch.float64)
-        self.calls = torch.ones(2, dtype=torch.float64)
+        shape = (2, len(OUTLINE_DISTANCES) + 1)
+        self.agreed = torch.ones(shape, dtype=torch.float64)
+        self.calls = torch.ones(shape, dtype=torch.float64)
 
     def update(self, teacher_logits, fine_mask, valid):
         calls, truth, counted = teacher_logits > 0, fine_mask > 0.5, valid > 0.5
-        for index, call in enumerate((False, True)):
-            made = counted & (calls == call)
-            self.calls[index] += made.sum().item()
-            self.agreed[index] += (made & (truth == call)).sum().item()
+        bins = outline_distance_bins(calls)
+        cell = (calls.long() * self.calls.shape[1] + bins)[counted].cpu()
+        agreed = (calls == truth)[counted].cpu().double()
+        self.calls += torch.bincount(cell, minlength=self.calls.numel()).double().view_as(self.calls)
+        self.agreed += torch.bincount(cell, weights=agreed, minlength=self.calls.numel()).view_as(self.agreed)
 
     def state_dict(self):
         """The counts as JSON-able lists (kept in resume checkpoints, so a resumed run trusts as the first did)."""
         return {"agreed": self.agreed.tolist(), "calls": self.calls.tolist()}
 
     def load_state_dict(self, state):
-        self.agreed = torch.tensor(state["agreed"], dtype=torch.float64)
-        self.calls = torch.tensor(state["calls"], dtype=torch.float64)
+        agreed = torch.tensor(state["agreed"], dtype=torch.float64)
+        calls = torch.tensor(state["calls"], dtype=torch.float64)
+        if agreed.shape == self.agreed.shape == calls.shape:  # counts of an older layout are learned anew
+            self.agreed, self.calls = agreed, calls
 
     @property
     def rates(self):
-        """(background, mine) agreement rates in [0, 1]."""
+        """[2, bins] agreement rates in [0, 1]: row 0 the "background" calls, row 1 the "mine" calls."""
         return (self.agreed / self.calls).float()
 
     def of_calls(self, teacher_logits):
-        """[N, 1, H, W] reliability of the teacher's call at each pixel."""
-        background, mine = self.rates.tolist()
-        return torch.where(teacher_logits > 0, mine, background).float()
+        """[N, 1, H, W] reliability of the teacher's call at each pixel, given its distance from the outline."""
+        calls = teacher_logits > 0
+        rates = self.rates.to(teacher_logits.device)
+        return rates[calls.long(), outline_distance_bins(calls)]
 
 
 def attention_map(teacher_logits, fine_mask=None, valid=None, *, attentive=True, reliability=None):

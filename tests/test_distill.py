@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model_core.distill import (TeacherReliability, attention_map, attentive_feature_loss, attentive_prediction_loss,
-                                binary_kl)
+from model_core.distill import (OUTLINE_DISTANCES, TeacherReliability, attention_map, attentive_feature_loss,
+                                attentive_prediction_loss, binary_kl, outline_distance_bins)
 
 
 def maps():
@@ -68,26 +68,38 @@ def test_attention_without_labels_follows_teacher_confidence():
     assert torch.equal(attention_map(teacher_logits, attentive=False), torch.ones_like(teacher_logits))
 
 
+def test_outline_distance_bins_measure_how_far_each_pixel_is_from_the_other_call():
+    calls = torch.zeros(1, 1, 1, 80, dtype=torch.bool)
+    calls[..., 40:] = True                       # outline between columns 39 and 40
+    bins = outline_distance_bins(calls)[0, 0, 0]
+    distance = torch.cat([torch.arange(40, 0, -1), torch.arange(1, 41)])
+    expected = torch.bucketize(distance, torch.tensor(OUTLINE_DISTANCES), right=True)
+    assert torch.equal(bins, expected) and bins[39] == 0 and bins[0] == len(OUTLINE_DISTANCES)
+    assert (outline_distance_bins(torch.ones(1, 1, 8, 8, dtype=torch.bool)) == len(OUTLINE_DISTANCES)).all()
+
+
 def test_reliability_counts_how_often_each_teacher_call_matched_the_fine_labels():
     teacher_logits, fine, valid = maps()          # "mine" calls: 1 right, 1 wrong, 1 unsure (logit 0 = background)
     reliability = TeacherReliability()
-    assert reliability.rates.tolist() == [1.0, 1.0]  # trusted before any label
+    assert (reliability.rates == 1).all()         # trusted before any label
     reliability.update(teacher_logits, fine, valid)
-    background, mine = reliability.rates.tolist()
+    background, mine = reliability.rates[:, 0].tolist()  # every pixel of the 2 x 2 chip is next to the outline
     assert mine == pytest.approx((1 + 1) / (1 + 2)) and background == pytest.approx((1 + 1) / (1 + 2))
+    assert (reliability.rates[:, 1:] == 1).all()
     reliability.update(teacher_logits, fine, torch.zeros_like(valid))  # ignored pixels do not count
-    assert reliability.rates.tolist() == pytest.approx([background, mine])
+    assert reliability.rates[:, 0].tolist() == pytest.approx([background, mine])
 
 
-def test_unlabelled_attention_weighs_each_teacher_call_by_its_reliability():
-    """A coarse teacher whose "mine" calls were mostly wrong on the labelled chips keeps little say on imagery."""
+def test_unlabelled_attention_releases_the_teachers_buffer_and_keeps_the_cores_of_its_polygons():
+    """A coarse teacher whose "mine" calls less than 8 px inside its outline were wrong on the labelled chips (the
+    generalised buffer) keeps no say there on imagery, and its say deep inside its polygons and in background."""
+    logits = torch.full((1, 1, 64, 64), -6.0)
+    logits[..., 12:52, 12:52] = 6.0              # teacher: a 40 px square
+    fine = torch.zeros_like(logits)
+    fine[..., 19:45, 19:45] = 1.0                # truth: the square less a 7 px buffer
     reliability = TeacherReliability()
-    sure_mine, sure_background = torch.full((1, 1, 4, 4), 6.0), torch.full((1, 1, 4, 4), -6.0)
-    for _ in range(3):  # labelled pixels: the teacher's "mine" is right 1 time in 4, its "background" always
-        reliability.update(sure_mine, (torch.arange(16) % 4 == 0).float().view(1, 1, 4, 4), torch.ones(1, 1, 4, 4))
-        reliability.update(sure_background, torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4))
-    logits = torch.tensor([[[[6.0, -6.0]]]])
-    attention = attention_map(logits, reliability=reliability)
-    assert attention[0, 0, 0, 0] == pytest.approx(13 / 49, abs=0.01)  # (1 + 12 agreed) / (1 + 48 calls)
-    assert attention[0, 0, 0, 1] > 0.99
+    reliability.update(logits, fine, torch.ones_like(logits))
+    attention = attention_map(logits, reliability=reliability)[0, 0]
+    assert attention[12:19, 12:52].max() < 0.02 and attention[30, 14] < 0.02  # buffer: released
+    assert attention[32, 32] > 0.99 and attention[0, 0] > 0.99 and attention[8, 30] > 0.99
     assert torch.equal(attention_map(logits), attention_map(logits, reliability=TeacherReliability()))

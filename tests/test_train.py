@@ -127,7 +127,7 @@ def test_resumed_student_trusts_the_teacher_as_much_as_before_the_cancel(domains
                          is_canceled=lambda: calls.append(1) or len(calls) > 4)
     with safe_open(str(training.resume_path(out)), framework="pt") as reader:
         saved = json.loads(reader.metadata()["loop"])["loss"]["reliability"]
-    assert sum(saved["calls"]) > 3 * 8 * 64 * 64 * 0.5  # epoch 1's labelled pixels were counted
+    assert sum(map(sum, saved["calls"])) > 3 * 8 * 64 * 64 * 0.5  # epoch 1's labelled pixels were counted
     restored = []
     original = TeacherReliability.load_state_dict
     monkeypatch.setattr(TeacherReliability, "load_state_dict",
@@ -234,6 +234,7 @@ def test_minec2f_loss_learns_the_teachers_reliability_from_labelled_pixels_only(
     assert torch.isfinite(value) and set(parts) == {"seg", "feat", "pred"}
     with torch.no_grad():
         mine_calls = ((teacher(image) > 0) & (valid > 0)).sum().item()
-    assert loss.reliability.calls.tolist() == [1 + valid.sum().item() - mine_calls, 1 + mine_calls]
-    assert loss.reliability.agreed.tolist() == [1 + valid.sum().item() - mine_calls, 1]  # labels: all background
+    bins = loss.reliability.calls.shape[1]       # one pseudo-count per call and distance bin
+    assert loss.reliability.calls.sum(1).tolist() == [bins + valid.sum().item() - mine_calls, bins + mine_calls]
+    assert loss.reliability.agreed.sum(1).tolist() == [bins + valid.sum().item() - mine_calls, bins]  # all background
     assert training.LossForMethod(TrainConfig(method="kd"), teacher).reliability is None
