@@ -6,8 +6,8 @@ and where the label is ignored. On imagery without fine labels it is the teacher
 reliability of the teacher's call there (:class:`TeacherReliability`): how often that call - "mine" or
 "background" - at that distance from the teacher's own outline agreed with the fine labels so far. A coarse
 teacher's "mine" near its outline is mostly the buffer around a real footprint; its errors repeat beyond the
-labelled chips, so its word counts there only as much as the labels showed it can be trusted. With ``attentive=False`` the map is the valid mask (or all ones without labels):
-plain distillation.
+labelled chips, so its word counts there only as much as the labels showed it can be trusted. With
+``attentive=False`` the map is the valid mask (or all ones without labels): plain distillation.
 """
 
 import torch
