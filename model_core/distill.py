@@ -22,14 +22,15 @@ OUTLINE_DISTANCES = (2, 4, 8, 16, 32)  # px: edges of the distance-from-own-outl
 def outline_distance_bins(calls, edges=OUTLINE_DISTANCES):
     """[N, 1, H, W] index of the bin (0 .. len(edges)) of each pixel's distance to the nearest pixel of the other
     call (chessboard distance, within the chip): bin k holds distances in [edges[k-1], edges[k])."""
+    height, width = calls.shape[-2:]
+    pad = edges[-1]  # summed-area tables of each call's pixels, padded so that any window up to the last edge fits
+    table = F.pad(torch.cat([~calls, calls], dim=1).int(), (pad, pad - 1, pad, pad - 1)).cumsum(-1).cumsum(-2)
     bins = torch.zeros(calls.shape, dtype=torch.long, device=calls.device)
-    for call, other in ((calls, ~calls), (~calls, calls)):
-        other = other.float()
-        for edge in edges:
-            radius = edge - 1
-            near = F.max_pool2d(F.max_pool2d(other, (1, 2 * radius + 1), 1, (0, radius)),
-                                (2 * radius + 1, 1), 1, (radius, 0))
-            bins += (call & (near < 0.5)).long()
+    for edge in edges:  # the other call within edge - 1 px: a non-empty (2 edge - 1)^2 window
+        low, high = pad - edge, pad + edge - 1
+        counts = (table[..., high:high + height, high:high + width] - table[..., low:low + height, high:high + width]
+                  - table[..., high:high + height, low:low + width] + table[..., low:low + height, low:low + width])
+        bins += (torch.where(calls, counts[:, :1], counts[:, 1:]) == 0).long()
     return bins
 
 

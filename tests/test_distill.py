@@ -78,6 +78,18 @@ def test_outline_distance_bins_measure_how_far_each_pixel_is_from_the_other_call
     assert (outline_distance_bins(torch.ones(1, 1, 8, 8, dtype=torch.bool)) == len(OUTLINE_DISTANCES)).all()
 
 
+def test_outline_distance_bins_equal_growing_the_other_call_square_by_square():
+    torch.manual_seed(0)
+    calls = torch.nn.functional.max_pool2d((torch.randn(2, 1, 70, 90) > 1.5).float(), 9, 1, 4) > 0.5
+    expected = torch.zeros(calls.shape, dtype=torch.long)
+    for edge in OUTLINE_DISTANCES:  # the other call nowhere in the (2 edge - 1)^2 square around the pixel
+        radius = edge - 1
+        for call, other in ((calls, ~calls), (~calls, calls)):
+            near = torch.nn.functional.max_pool2d(other.float(), 2 * radius + 1, 1, radius) > 0.5
+            expected += (call & ~near).long()
+    assert torch.equal(outline_distance_bins(calls), expected) and len(expected.unique()) == len(OUTLINE_DISTANCES) + 1
+
+
 def test_reliability_counts_how_often_each_teacher_call_matched_the_fine_labels():
     teacher_logits, fine, valid = maps()          # "mine" calls: 1 right, 1 wrong, 1 unsure (logit 0 = background)
     reliability = TeacherReliability()
