@@ -1,6 +1,7 @@
 """Seconds per tile of the bundled network alone on the CPU, as the naive loop runs it (as loaded) and as the
-engine runs it (model_core.infer.inference_net: BatchNorm folded, channels-last), optionally torch.compile'd,
-and where the time goes (encoder vs decoder stages). Explains the throughput ratio of bench/infer_throughput.py.
+engine runs it (model_core.infer.inference_net: BatchNorm folded, unused layers dropped, 1x1 convolutions as
+matrix products, channels-last), optionally torch.compile'd, and where the time goes (encoder vs decoder
+stages). Explains the throughput ratio of bench/infer_throughput.py.
 
     python bench/net_speed.py [--model BUNDLE] [--sizes 256 464 512 736] [--repeats 5] [--compile]
 """

@@ -22,6 +22,7 @@ How a raster (or a window of it) is processed:
   the probability raster and the mask. Tiles with no valid pixel skip the model.
 """
 
+import copy
 import math
 import queue
 import threading
@@ -70,14 +71,43 @@ def autocast_for(info, precision):
     return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_native_bf16() else nullcontext()
 
 
+class PointwiseLinear(torch.nn.Module):
+    """A 1x1 convolution (stride 1, one group) as a matrix product over channels-last pixels. Same results; on
+    one CPU thread PyTorch sends 1x1 convolutions to its slow im2col path instead of oneDNN, and these are a
+    third of the default net's layers."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.weight = torch.nn.Parameter(conv.weight.detach().flatten(1), requires_grad=False)
+        self.bias = None if conv.bias is None else torch.nn.Parameter(conv.bias.detach(), requires_grad=False)
+
+    @staticmethod
+    def replaces(module):
+        return (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1)
+                and module.groups == 1 and module.dilation == (1, 1) and module.padding in (0, (0, 0))
+                and module.padding_mode == "zeros")
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
 def inference_net(net, info):
-    """A copy of ``net`` made for inference on ``info.device``: BatchNorm folded into the preceding convolutions
-    (torch.fx; same results, about 1.4x faster on the CPU) when torch.fx can trace the net, channels-last layout
-    (1.2-1.5x faster convolutions)."""
+    """A copy of ``net`` made for inference on ``info.device``, with the same results: when torch.fx can trace
+    the net, BatchNorm folded into the preceding convolutions (about 1.4x faster on the CPU) and layers whose
+    output is never used dropped (smp's mobilenet_v2 encoder runs, then discards, the stage below its depth);
+    on the CPU 1x1 convolutions as matrix products (:class:`PointwiseLinear`); channels-last layout (1.2-1.5x
+    faster convolutions). bench/net_speed.py times it."""
     try:
         net = fold_batchnorm(net.eval())
-    except Exception:  # a net torch.fx cannot trace runs unfolded, with the same results
-        pass
+        net.graph.eliminate_dead_code()
+        net.recompile()
+    except Exception:  # a net torch.fx cannot trace runs as it is, with the same results
+        net = copy.deepcopy(net)
+    if not info.is_cuda:
+        for name, module in list(net.named_modules()):
+            if PointwiseLinear.replaces(module):
+                parent, _, leaf = name.rpartition(".")
+                setattr(net.get_submodule(parent), leaf, PointwiseLinear(module))
     return net.to(info.device, memory_format=torch.channels_last).eval()
 
 
@@ -338,7 +368,6 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     info = device if isinstance(device, devices.DeviceInfo) else devices.resolve_device(device)
-    net = inference_net(bundle.net, info)
     batch = int(batch or info.inference_batch)
 
     with rasterio.open(src_path) as src:
@@ -359,6 +388,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     reader_thread.start()
     writer.thread.start()
     try:
+        net = inference_net(bundle.net, info)  # while the reader reads the first tiles
         running, tiles_done = deque(), 0
 
         def blend_oldest():

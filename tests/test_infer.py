@@ -11,7 +11,9 @@ import torch
 from rasterio.windows import Window
 
 from model_core.errors import Cancelled, InputError
-from model_core.infer import TileGrid, fitted_tile_size, hann_weights, predict_raster, tile_origins
+from model_core.infer import (PointwiseLinear, TileGrid, fitted_tile_size, hann_weights, inference_net, predict_raster,
+                              tile_origins)
+from model_core.nets import build_net, count_parameters
 from model_core.rasters import PROB_UINT8_MAX, UINT8_NODATA
 
 RADIOMETRY = SimpleNamespace(scale=1e-4, offset=0.0)
@@ -287,3 +289,25 @@ def test_model_calls_run_at_once_give_the_probabilities_of_one_call_at_a_time(ma
         outputs[count] = read(path)[0]
     assert np.ptp(outputs[2]) > 0.01
     np.testing.assert_array_equal(outputs[workers], outputs[2])
+
+
+@pytest.mark.parametrize("device_is_cuda", [False, True])
+def test_the_inference_copy_of_a_net_gives_its_logits_and_leaves_it_as_it_was(device_is_cuda):
+    """BatchNorm folded, unused layers dropped, 1x1 convolutions as matrix products (CPU only): same logits."""
+    torch.manual_seed(0)
+    net = build_net("Unet", "mobilenet_v2", in_channels=6, encoder_depth=4).eval()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # running statistics that folding has to get right
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    info = SimpleNamespace(device=torch.device("cpu"), is_cuda=device_is_cuda)  # placement logic only, on the CPU
+    fast = inference_net(net, info)
+    x = torch.randn(2, 6, 64, 96)
+    with torch.inference_mode():
+        expected, got = net(x), fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert count_parameters(fast) < count_parameters(net)  # the encoder stage below depth 4 is gone
+    assert any(isinstance(m, PointwiseLinear) for m in fast.modules()) != device_is_cuda
+    assert all(torch.equal(value, before[name]) for name, value in net.state_dict().items())
+    assert not any(isinstance(m, PointwiseLinear) for m in net.modules())
