@@ -3,7 +3,7 @@ engine runs it (model_core.infer.inference_net: BatchNorm folded, unused layers 
 matrix products, channels-last), optionally torch.compile'd, and where the time goes (encoder vs decoder
 stages). Explains the throughput ratio of bench/infer_throughput.py.
 
-    python bench/net_speed.py [--model BUNDLE] [--sizes 256 464 512 736] [--repeats 5] [--compile]
+    python bench/net_speed.py [--model BUNDLE] [--sizes 256 464 512 736] [--repeats 5] [--threads N] [--compile]
 """
 
 import argparse
@@ -57,21 +57,27 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 464, 512, 736], help="tile sides (px)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (needs a C++ compiler)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores; the engine's two calls "
+                                                     "at once use 1 each on 2 cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     bundle = load_bundle(args.model)
     loaded = bundle.net.eval()
     engine = inference_net(bundle.net, resolve_device("cpu"))
     compiled = torch.compile(engine) if args.compile else None
     print(f"model {bundle.spec.name} ({bundle.spec.encoder}), torch threads {torch.get_num_threads()}, "
           f"mean of {args.repeats}")
+    overlap = bundle.spec.overlap
     print(f"{'tile':>6}{'as loaded s':>13}{'engine s':>10}{'speed-up':>10}{'engine µs/px':>14}"
-          + (f"{'compiled s':>12}" if compiled is not None else ""))
+          f"{f'µs/output px (overlap {overlap})':>30}" + (f"{'compiled s':>12}" if compiled is not None else ""))
     for size in args.sizes:
         inputs = torch.randn(1, bundle.spec.in_channels, size, size)
         as_loaded = seconds_per_call(loaded, inputs, args.repeats)
         channels_last = inputs.contiguous(memory_format=torch.channels_last)
         fast = seconds_per_call(engine, channels_last, args.repeats)
-        line = f"{size:6d}{as_loaded:13.3f}{fast:10.3f}{as_loaded / fast:9.2f}x{fast / size ** 2 * 1e6:14.3f}"
+        line = (f"{size:6d}{as_loaded:13.3f}{fast:10.3f}{as_loaded / fast:9.2f}x{fast / size ** 2 * 1e6:14.3f}"
+                f"{fast / (size - overlap) ** 2 * 1e6:30.3f}")  # tiles in a large raster step by size - overlap
         if compiled is not None:
             line += f"{seconds_per_call(compiled, channels_last, args.repeats):12.3f}"
         print(line)
