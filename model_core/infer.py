@@ -73,8 +73,8 @@ def autocast_for(info, precision):
 
 class PointwiseLinear(torch.nn.Module):
     """A 1x1 convolution (stride 1, one group) as a matrix product over channels-last pixels. Same results; on
-    one CPU thread PyTorch sends 1x1 convolutions to its slow im2col path instead of oneDNN, and these are a
-    third of the default net's layers."""
+    one CPU thread PyTorch sends 1x1 convolutions to its slow im2col path instead of oneDNN, and these are half
+    of the default net's convolutions (mobilenet_v2's expansions and projections)."""
 
     def __init__(self, conv):
         super().__init__()
@@ -94,12 +94,13 @@ class PointwiseLinear(torch.nn.Module):
 def inference_net(net, info):
     """A copy of ``net`` made for inference on ``info.device``, with the same results: when torch.fx can trace
     the net, BatchNorm folded into the preceding convolutions (about 1.4x faster on the CPU) and layers whose
-    output is never used dropped (smp's mobilenet_v2 encoder runs, then discards, the stage below its depth);
-    on the CPU 1x1 convolutions as matrix products (:class:`PointwiseLinear`); channels-last layout (1.2-1.5x
-    faster convolutions). bench/net_speed.py times it."""
+    output is never used dropped (smp's mobilenet_v2 encoder runs, then discards, the stage below its depth:
+    70 % of the default net's weights); on the CPU 1x1 convolutions as matrix products (:class:`PointwiseLinear`);
+    channels-last layout (1.2-1.5x faster convolutions). bench/net_speed.py times it."""
     try:
         net = fold_batchnorm(net.eval())
         net.graph.eliminate_dead_code()
+        net.delete_all_unused_submodules()
         net.recompile()
     except Exception:  # a net torch.fx cannot trace runs as it is, with the same results
         net = copy.deepcopy(net)
