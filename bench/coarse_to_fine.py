@@ -68,18 +68,22 @@ CHIPS = dict(chip_size=128, stride=64, batch=8, patience=100)
 DISTILLING = ("kd", "minec2f")
 
 
+def predict_scene(bundle, image, prob_path, **options):
+    """``bundle``'s probabilities over ``image`` on the CPU, bands matched and radiometry read from the file."""
+    with rasterio.open(image) as src:
+        band_index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
+        radiometry, _ = resolve_radiometry(src)
+    predict_raster(image, bundle, prob_path, device="cpu", band_index=band_index, radiometry=radiometry, **options)
+
+
 def score(bundle_path, test_scenes):
     """Mean scores of a bundle over the test scenes, through the tiled inference engine."""
     bundle = load_bundle(bundle_path)
     scores = []
     with tempfile.TemporaryDirectory() as tmp:
         for scene in test_scenes:
-            prob, mask = Path(tmp) / "prob.tif", Path(tmp) / "mask.tif"
-            with rasterio.open(scene["image"]) as src:
-                band_index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
-                radiometry, _ = resolve_radiometry(src)
-            predict_raster(scene["image"], bundle, prob, device="cpu", band_index=band_index, radiometry=radiometry,
-                           mask_path=mask)
+            mask = Path(tmp) / "mask.tif"
+            predict_scene(bundle, scene["image"], Path(tmp) / "prob.tif", mask_path=mask)
             scores.append(evaluate_mask_raster(mask, scene["fine_mask"]))
     return {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
 

@@ -18,21 +18,17 @@ import rasterio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry  # noqa: E402
+from coarse_to_fine import predict_scene  # noqa: E402
 from model_core.bundle import load_bundle  # noqa: E402
 from model_core.distill import OUTLINE_DISTANCES, TeacherReliability  # noqa: E402
-from model_core.infer import predict_raster  # noqa: E402
 
 
 def teacher_logits(bundle, scene, tmp):
     """[1, 1, H, W] logits of ``bundle`` over ``scene`` (tiled by the inference engine)."""
-    with rasterio.open(scene) as src:
-        band_index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
-        radiometry, _ = resolve_radiometry(src)
     prob_path = Path(tmp) / "prob.tif"
-    predict_raster(scene, bundle, prob_path, device="cpu", band_index=band_index, radiometry=radiometry,
-                   prob_format="float32")
+    predict_scene(bundle, scene, prob_path, prob_format="float32")
     with rasterio.open(prob_path) as src:
         prob = np.clip(src.read(1, masked=True).filled(0.5), 1e-6, 1 - 1e-6)
     return torch.from_numpy(np.log(prob / (1 - prob)))[None, None]
