@@ -187,7 +187,7 @@ def load_bundle(path, device="cpu"):
                           "get a fresh copy") from error
     net = SegmentationNet.from_spec(spec)
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(net.fitting_state(state), strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise BundleError(f"{path}: the weights do not fit the model spec ({first}); the file is damaged or "

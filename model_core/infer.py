@@ -94,9 +94,9 @@ class PointwiseLinear(torch.nn.Module):
 def inference_net(net, info):
     """A copy of ``net`` made for inference on ``info.device``, with the same results: when torch.fx can trace
     the net, BatchNorm folded into the preceding convolutions (about 1.4x faster on the CPU) and layers whose
-    output is never used dropped (smp's mobilenet_v2 encoder runs, then discards, the stage below its depth:
-    70 % of the default net's weights); on the CPU 1x1 convolutions as matrix products (:class:`PointwiseLinear`);
-    channels-last layout (1.2-1.5x faster convolutions). bench/net_speed.py times it."""
+    output is never used dropped (smp's efficientnet encoders run, then discard, the stage below their depth;
+    build_net drops it from mobilenet_v2 already); on the CPU 1x1 convolutions as matrix products
+    (:class:`PointwiseLinear`); channels-last layout (1.2-1.5x faster convolutions). bench/net_speed.py times it."""
     try:
         net = fold_batchnorm(net.eval())
         net.graph.eliminate_dead_code()

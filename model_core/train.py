@@ -216,13 +216,17 @@ def load_resume(path, net, optimizer):
     with safe_open(str(path), framework="pt") as reader:
         meta = reader.metadata()
         tensors = {key: reader.get_tensor(key) for key in reader.keys()}
-    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    groups = json.loads(meta["param_groups"])
+    if [len(group["params"]) for group in groups] != [len(group["params"]) for group in optimizer.param_groups]:
+        raise InputError(f"{Path(path).name} was written for a net with other layers (an older MineC2F); train "
+                         "again without resuming, or delete it")
+    net.load_state_dict(net.fitting_state({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}))
     state = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     return json.loads(meta["loop"])
 
 

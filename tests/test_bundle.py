@@ -92,3 +92,27 @@ def test_weights_that_do_not_fit_the_spec(tmp_path, tiny_bundle_path):
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(other), metadata=metadata)
     with pytest.raises(BundleError, match="weights do not fit the model spec"):
         load_bundle(other)
+
+
+def test_bundle_with_the_encoder_layers_nets_now_drop_still_loads(tmp_path, tiny_bundle):
+    """Bundles saved before the unused encoder stage was dropped carry its weights; they load, same logits."""
+    import dataclasses
+
+    import segmentation_models_pytorch as smp
+
+    spec = dataclasses.replace(tiny_bundle.spec, encoder="mobilenet_v2", encoder_depth=4,
+                               decoder_channels=[16, 8, 4, 4])
+    torch.manual_seed(0)
+    full = smp.Unet("mobilenet_v2", encoder_weights=None, in_channels=6, classes=1, encoder_depth=4,
+                    decoder_channels=[16, 8, 4, 4]).eval()
+    old = tmp_path / "old.safetensors"
+    save_file({f"model.{k}": v.contiguous() for k, v in full.state_dict().items()}, str(old),
+              metadata={SPEC_KEY: spec.to_json()})
+    bundle = load_bundle(old)
+    x = torch.randn(1, 6, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(bundle.net(x), full(x), atol=1e-6)
+    again = save_bundle(tmp_path / "new.safetensors", bundle.net, spec)
+    assert again.stat().st_size < old.stat().st_size / 2  # saved without them
+    with torch.no_grad():
+        assert torch.equal(load_bundle(again).net(x), bundle.net(x))

@@ -308,7 +308,18 @@ def test_the_inference_copy_of_a_net_gives_its_logits_and_leaves_it_as_it_was(de
     with torch.inference_mode():
         expected, got = net(x), fast(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    assert count_parameters(fast) < count_parameters(fuse(net))  # the encoder stage below depth 4 is gone
     assert any(isinstance(m, PointwiseLinear) for m in fast.modules()) != device_is_cuda
     assert all(torch.equal(value, before[name]) for name, value in net.state_dict().items())
     assert not any(isinstance(m, PointwiseLinear) for m in net.modules())
+
+
+def test_the_inference_copy_drops_layers_whose_output_is_never_used():
+    """smp's efficientnet encoders run, then discard, the stage below their depth: the copy does not."""
+    torch.manual_seed(0)
+    net = build_net("Unet", "efficientnet-b0", in_channels=6, encoder_depth=4).eval()
+    fast = inference_net(net, SimpleNamespace(device=torch.device("cpu"), is_cuda=False))
+    x = torch.randn(1, 6, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), net(x), atol=1e-4,
+                                   rtol=1e-4)
+    assert count_parameters(fast) < count_parameters(fuse(net)) / 2

@@ -1,10 +1,11 @@
 """Networks: any band count, stride-aligned shapes, decoder feature taps for distillation."""
 
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 
 from model_core.errors import BundleError
-from model_core.nets import build_net, copy_weights
+from model_core.nets import build_net, copy_weights, count_parameters
 
 
 @pytest.mark.parametrize("bands", [4, 6, 12])
@@ -42,3 +43,26 @@ def test_unknown_architecture_and_encoder():
         build_net("NoSuchNet", "resnet18", 6)
     with pytest.raises(BundleError, match="cannot build Unet with encoder 'no-such-encoder'"):
         build_net("Unet", "no-such-encoder", 6)
+
+
+def _smp_unet(encoder, depth, decoder_channels):
+    return smp.Unet(encoder, encoder_weights=None, in_channels=6, classes=1, encoder_depth=depth,
+                    decoder_channels=decoder_channels)
+
+
+@pytest.mark.parametrize("encoder, depth", [("mobilenet_v2", 4), ("mobilenet_v2", 3), ("vgg11", 4),
+                                            ("mobilenet_v2", 5)])
+def test_encoder_layers_that_smp_runs_and_discards_are_dropped_with_the_same_logits(encoder, depth):
+    decoder_channels = [32, 16, 8, 8, 8][:depth]
+    torch.manual_seed(0)
+    full = _smp_unet(encoder, depth, decoder_channels).eval()
+    net = build_net("Unet", encoder, 6, depth, decoder_channels).eval()
+    net.load_state_dict(net.fitting_state({f"model.{k}": v for k, v in full.state_dict().items()}), strict=True)
+    x = torch.randn(2, 6, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(full(x), net(x), atol=1e-6)
+        assert net.forward_with_features(x)[1][-1].shape[-1] == 64
+    layers_dropped = len(full.encoder.features) - len(net.model.encoder.features)
+    assert layers_dropped > 0 if depth < 5 else layers_dropped == 0
+    if (encoder, depth) == ("mobilenet_v2", 4):  # the default encoder: its stage 5 held 70 % of the weights
+        assert count_parameters(full) - count_parameters(net) > 2 * count_parameters(net)

@@ -136,6 +136,24 @@ def test_resumed_student_trusts_the_teacher_as_much_as_before_the_cancel(domains
     assert restored == [saved]
 
 
+def test_resume_checkpoint_of_a_net_with_other_layers_is_refused_clearly(tmp_path):
+    """A checkpoint written before the encoder's unused stage was dropped cannot resume (AdamW's moments are
+    per parameter): a clear error, not a mismatch deep in torch."""
+    import segmentation_models_pytorch as smp
+
+    older = torch.nn.Module()
+    older.model = smp.Unet("mobilenet_v2", encoder_weights=None, in_channels=6, classes=1, encoder_depth=4,
+                           decoder_channels=[16, 8, 4, 4])
+    optimizer = torch.optim.AdamW(older.parameters())
+    older.model(torch.randn(2, 6, 32, 32)).mean().backward()
+    optimizer.step()
+    path = tmp_path / "s.resume.safetensors"
+    training.save_resume(path, older, optimizer, {"epoch": 1})
+    net = build_net("Unet", "mobilenet_v2", 6, 4, [16, 8, 4, 4])
+    with pytest.raises(InputError, match="older MineC2F.*without resuming"):
+        training.load_resume(path, net, torch.optim.AdamW(net.parameters()))
+
+
 def test_cancel_before_the_first_epoch_leaves_no_bundle(domains, tmp_path):
     images, polygons = domains["coarse"]
     out = tmp_path / "t.safetensors"
