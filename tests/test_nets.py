@@ -45,17 +45,13 @@ def test_unknown_architecture_and_encoder():
         build_net("Unet", "no-such-encoder", 6)
 
 
-def _smp_unet(encoder, depth, decoder_channels):
-    return smp.Unet(encoder, encoder_weights=None, in_channels=6, classes=1, encoder_depth=depth,
-                    decoder_channels=decoder_channels)
-
-
 @pytest.mark.parametrize("encoder, depth", [("mobilenet_v2", 4), ("mobilenet_v2", 3), ("vgg11", 4),
                                             ("mobilenet_v2", 5)])
 def test_encoder_layers_that_smp_runs_and_discards_are_dropped_with_the_same_logits(encoder, depth):
     decoder_channels = [32, 16, 8, 8, 8][:depth]
     torch.manual_seed(0)
-    full = _smp_unet(encoder, depth, decoder_channels).eval()
+    full = smp.Unet(encoder, encoder_weights=None, in_channels=6, classes=1, encoder_depth=depth,
+                    decoder_channels=decoder_channels).eval()
     net = build_net("Unet", encoder, 6, depth, decoder_channels).eval()
     net.load_state_dict(net.fitting_state({f"model.{k}": v for k, v in full.state_dict().items()}), strict=True)
     x = torch.randn(2, 6, 64, 64)
