@@ -11,9 +11,12 @@ import shapely
 import torch
 from safetensors import safe_open
 
+from raster_files import write_raster
 from model_core import train as training
-from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry
+from model_core.bands import DEFAULT_MODEL_BANDS, RasterBandInfo, match_bands, resolve_radiometry
 from model_core.bundle import load_bundle, save_bundle
+from model_core.data import ChipDataset, build_chip_index, label_raster, read_polygons
+from model_core.device import resolve_device
 from model_core.distill import TeacherReliability
 from model_core.errors import BandMismatchError, Cancelled, InputError, OutputError
 from model_core.infer import predict_raster
@@ -256,3 +259,26 @@ def test_minec2f_loss_learns_the_teachers_reliability_from_labelled_pixels_only(
     assert loss.reliability.calls.sum(1).tolist() == [bins + valid.sum().item() - mine_calls, bins + mine_calls]
     assert loss.reliability.agreed.sum(1).tolist() == [bins + valid.sum().item() - mine_calls, bins]  # all background
     assert training.LossForMethod(TrainConfig(method="kd"), teacher).reliability is None
+
+
+class BrightSwirNet(torch.nn.Module):
+    """Calls "footprint" where normalised band 4 (SWIR1) is above 0.5 - the bare box of the scene below."""
+
+    def forward(self, x):
+        return 20.0 * (x[:, 4:5] - 0.5)
+
+
+def test_validation_scores_the_chip_with_context_around_it(tmp_path):
+    """The net sees the validation chip with imagery around it and only the chip is scored, aligned with its
+    labels: a net that finds the footprint exactly scores IoU 1 at every threshold."""
+    image = np.full((6, 96, 96), 1000, dtype=np.uint16)
+    image[4, 40:70, 30:60] = 9000
+    raster = write_raster(tmp_path / "s.tif", image, descriptions=[b.name for b in DEFAULT_MODEL_BANDS])
+    box = shapely.box(500000 + 300, 5800000 - 700, 500000 + 600, 5800000 - 400)  # rows 40-69, columns 30-59
+    write_polygons_gpkg(tmp_path / "p.gpkg", [box], rasterio.crs.CRS.from_epsg(32633).to_wkt(), {})
+    labelled = label_raster(raster, read_polygons(tmp_path / "p.gpkg"), model_bands=DEFAULT_MODEL_BANDS)
+    chips = build_chip_index([labelled], 32, 16, val_fraction=0)
+    dataset = ChipDataset([labelled], chips, [0.0] * 6, [1.0] * 6, context=16)
+    scores = training.evaluate_net(BrightSwirNet(), dataset, resolve_device("cpu"), batch=4)
+    assert {round(s["iou"], 6) for s in scores.values()} == {1.0}
+    assert min(training.THRESHOLDS) <= 0.1 and max(training.THRESHOLDS) >= 0.9
