@@ -18,9 +18,9 @@ from rasterio.transform import from_origin
 
 from raster_files import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS
-from model_core.data import (IGNORE, VALIDATION_CONTEXT, Augment, BalancedChipSampler, Chip, ChipDataset, build_chip_index,
-                             build_datasets, compute_band_stats, export_chips, label_raster, read_polygons,
-                             select_chips)
+from model_core.data import (IGNORE, VALIDATION_CONTEXT, Augment, BalancedChipSampler, Chip, ChipDataset,
+                             build_chip_index, build_datasets, compute_band_stats, export_chips, label_raster,
+                             read_polygons, select_chips)
 from model_core.errors import Cancelled, InputError, OutputError
 from model_core.vectorize import write_polygons_gpkg
 
