@@ -22,10 +22,7 @@ extent or nodata in the raster. Dataset samples are dicts of float32 tensors: ``
 A chip is a ``chip_size`` square window; chips step by ``stride`` and the last row/column of chips is flush
 with the raster edge. The train/validation split is by location: blocks of ``block_chips`` x ``block_chips``
 chip positions (smaller blocks if the rasters hold too few) go to validation whole, and training chips that
-overlap a validation chip are dropped (the buffer), so no labelled pixel is seen in both splits. Validation
-chips come with ``VALIDATION_CONTEXT`` px of the imagery around them (``ChipDataset(context=...)``; their labels
-are scored on the chip only), as the inference engine's overlapping tiles give every pixel context: scored
-without it, the pixels near a chip's edge made the chosen threshold far too low for whole scenes.
+overlap a validation chip are dropped (the buffer), so no pixel is seen in both splits.
 """
 
 import csv
@@ -60,7 +57,6 @@ HARD_NEGATIVE_MIN_BARE_FRACTION = 0.05
 _BARE_GROUND_BANDS = [Band("B04", 665.0), Band("B08", 842.0), Band("B11", 1610.0)]  # red, NIR, SWIR1
 
 _STRIP_ROWS = 256
-VALIDATION_CONTEXT = 64  # px of imagery read around each validation chip
 
 
 @dataclass
@@ -481,17 +477,10 @@ class ChipDataset(torch.utils.data.Dataset):
     in {0, 1}, valid float32 [1, H, W] in {0, 1}). Indexed by chip index or by a ``(chip index, draw)`` query
     (from :class:`BalancedChipSampler`). With ``augment``, a query gives the same sample for the same ``seed`` and
     epoch; call :meth:`set_epoch` before each epoch (with DataLoader workers that are not persistent).
-
-    With ``context`` > 0 (for scoring, not with ``augment``) the image also holds ``context`` px of imagery on each
-    side of the chip, [C, H + 2 context, W + 2 context], nodata (0) beyond the raster; mask and valid stay the
-    chip's. Predict the whole image, score its centre.
     """
 
-    def __init__(self, rasters, chips, norm_mean, norm_std, *, augment=None, seed=0, context=0,
-                 cache_bytes=256 * 2**20):
-        if context and augment is not None:
-            raise ValueError("context is for scoring chips; it cannot be combined with augmentation")
-        self.rasters, self.chips, self.context = rasters, list(chips), int(context)
+    def __init__(self, rasters, chips, norm_mean, norm_std, *, augment=None, seed=0, cache_bytes=256 * 2**20):
+        self.rasters, self.chips = rasters, list(chips)
         self.mean = np.asarray(norm_mean, np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(norm_std, np.float32).reshape(-1, 1, 1)
         bands = {len(r.band_index) for r in rasters}
@@ -515,31 +504,27 @@ class ChipDataset(torch.utils.data.Dataset):
         chip = self.chips[index]
         raster = self.rasters[chip.raster]
         rows, cols = slice(chip.row, chip.row + chip.size), slice(chip.col, chip.col + chip.size)
-        image = self.read_reflectance(chip, self.context)
+        image = self.read_reflectance(chip)
         labels = raster.labels[rows, cols]
-        planes = np.stack([labels == FOOTPRINT, labels != IGNORE, raster.image_valid[rows, cols]])
+        image_valid = raster.image_valid[rows, cols]
+        planes = np.stack([labels == FOOTPRINT, labels != IGNORE, image_valid])
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index, draw))
             image, planes = self.augment(image, planes, rng)
-        image_valid = _padded(raster.image_valid, chip, self.context) if self.context else planes[2]
         image = (image - self.mean) / self.std
-        image[:, ~image_valid] = 0.0
+        image[:, ~planes[2]] = 0.0
         return {"image": torch.from_numpy(image.astype(np.float32, copy=False)),
                 "mask": torch.from_numpy(planes[0:1].astype(np.float32)),
                 "valid": torch.from_numpy(planes[1:2].astype(np.float32))}
 
-    def read_reflectance(self, chip, context=0):
-        """Reflectance of the chip's selected bands with ``context`` px around it, float32 [C, size + 2 context,
-        size + 2 context]; 0 beyond the raster."""
+    def read_reflectance(self, chip):
+        """Reflectance of the chip's selected bands, float32 [C, size, size]."""
         source = self._source(chip.raster)
         if isinstance(source, np.ndarray):
-            return _padded(source, chip, context)
+            return source[:, chip.row:chip.row + chip.size, chip.col:chip.col + chip.size].copy()
         raster = self.rasters[chip.raster]
-        inside, placed = _context_slices(raster.shape, chip, context)
-        reflectance = np.zeros((len(raster.band_index),) + (chip.size + 2 * context,) * 2, dtype=np.float32)
-        dn = source.read(raster.band_index, window=Window.from_slices(*inside), out_dtype="float32")
-        reflectance[(slice(None),) + placed] = dn * np.float32(raster.scale) + np.float32(raster.offset)
-        return reflectance
+        dn = source.read(raster.band_index, window=chip.window, out_dtype="float32")
+        return dn * np.float32(raster.scale) + np.float32(raster.offset)
 
     def _source(self, number):
         if self._pid != os.getpid():  # a forked DataLoader worker: keep cached arrays, not the parent's GDAL handles
@@ -556,24 +541,6 @@ class ChipDataset(torch.utils.data.Dataset):
             else:
                 self._open[number] = src
         return self._open[number]
-
-
-def _context_slices(shape, chip, context):
-    """(rows, cols) of ``chip`` widened by ``context`` px on each side and clipped to a raster of ``shape``, and
-    where they go in the widened window."""
-    top, left, size = chip.row - context, chip.col - context, chip.size + 2 * context
-    rows = slice(max(top, 0), min(top + size, shape[0]))
-    cols = slice(max(left, 0), min(left + size, shape[1]))
-    return (rows, cols), (slice(rows.start - top, rows.stop - top), slice(cols.start - left, cols.stop - left))
-
-
-def _padded(array, chip, context):
-    """A copy of ``array``'s [..., H, W] window of ``chip`` widened by ``context`` px on each side, zero (False)
-    beyond the array."""
-    inside, placed = _context_slices(array.shape[-2:], chip, context)
-    out = np.zeros(array.shape[:-2] + (chip.size + 2 * context,) * 2, dtype=array.dtype)
-    out[(Ellipsis,) + placed] = array[(Ellipsis,) + inside]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- from CLI arguments
@@ -647,7 +614,7 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
     return TrainingData(
         imagery=ChipDataset(labelled, all_train_chips, mean, std, augment=augment, seed=seed + 1),
         train=ChipDataset(labelled, train_chips, mean, std, augment=augment, seed=seed),
-        val=ChipDataset(labelled, val_chips, mean, std, context=VALIDATION_CONTEXT),
+        val=ChipDataset(labelled, val_chips, mean, std),
         sampler=BalancedChipSampler(train_chips, footprint_share=footprint_share,
                                     hard_negative_weight=hard_negative_weight, seed=seed),
         norm_mean=list(mean), norm_std=list(std), summary=summary)

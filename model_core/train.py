@@ -172,17 +172,13 @@ def lr_factor(step, warmup_steps, total_steps):
 
 @torch.no_grad()
 def evaluate_net(net, dataset, info, batch=8):
-    """Scores on ``dataset`` at each of THRESHOLDS -> {threshold: scores}; pixels pooled over all chips. The net
-    sees the ``dataset.context`` px of imagery around each chip; only the chip is scored."""
+    """Scores on ``dataset`` at each of THRESHOLDS -> {threshold: scores}; pixels pooled over all chips."""
     net.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch)
     counts = {t: np.zeros(3) for t in THRESHOLDS}
-    context = getattr(dataset, "context", 0)
     for item in loader:
         with info.autocast():
-            logits = net(info.to_device(item["image"])).float()
-        height, width = item["mask"].shape[-2:]
-        prob = torch.sigmoid(logits[..., context:context + height, context:context + width]).cpu()
+            prob = torch.sigmoid(net(info.to_device(item["image"])).float()).cpu()
         valid, mask = item["valid"] > 0.5, item["mask"] > 0.5
         for t in THRESHOLDS:
             pred = prob > t

@@ -18,9 +18,9 @@ from rasterio.transform import from_origin
 
 from raster_files import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS
-from model_core.data import (IGNORE, VALIDATION_CONTEXT, Augment, BalancedChipSampler, Chip, ChipDataset,
-                             build_chip_index, build_datasets, compute_band_stats, export_chips, label_raster,
-                             read_polygons, select_chips)
+from model_core.data import (IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset, build_chip_index,
+                             build_datasets, compute_band_stats, export_chips, label_raster, read_polygons,
+                             select_chips)
 from model_core.errors import Cancelled, InputError, OutputError
 from model_core.vectorize import write_polygons_gpkg
 
@@ -277,37 +277,12 @@ def test_dataset_normalises_zeroes_nodata_and_works_in_loader_workers(tmp_path):
     assert torch.equal(batch["image"][0], item["image"])
 
 
-def test_scoring_chips_carry_the_imagery_around_them(tmp_path):
-    raster_path = write_raster(tmp_path / "s.tif", scene(128, bare_box=(40, 64, 96, 128), nodata_box=(0, 4, 40, 44)),
-                               nodata=0, descriptions=BAND_NAMES)
-    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30)]))
-    raster = label_raster(raster_path, polygons, model_bands=DEFAULT_MODEL_BANDS)
-    chips = {(c.row, c.col): c for c in build_chip_index([raster], 32, 32, val_fraction=0)}
-    mean, std = [0.1] * 6, [0.2] * 6
-    plain = ChipDataset([raster], chips.values(), mean, std)
-    for cache_bytes in (256 * 2**20, 0):  # in memory and windowed reads from disk
-        wide = ChipDataset([raster], chips.values(), mean, std, context=16, cache_bytes=cache_bytes)
-        corner, inner = list(chips).index((0, 32)), list(chips).index((32, 64))
-        item = wide[inner]
-        assert item["image"].shape == (6, 64, 64) and item["mask"].shape == item["valid"].shape == (1, 32, 32)
-        assert torch.equal(item["image"][:, 16:48, 16:48], plain[inner]["image"])
-        assert torch.equal(item["mask"], plain[inner]["mask"])
-        bare = (np.array(BARE) - 0.1) / 0.2  # the bare box starts 16 px right of the chip: in its context
-        np.testing.assert_allclose(item["image"][:, 30, 48].numpy(), bare, atol=1e-5)
-        edge = wide[corner]["image"]  # row 0 chip: 16 rows above the raster, then nodata at cols 40-43 (context)
-        assert (edge[:, :16] == 0).all() and (edge[:, 16:20, 24:28] == 0).all()
-        np.testing.assert_allclose(edge[:, 16, 20].numpy(), (np.array(VEGETATION) - 0.1) / 0.2, atol=1e-5)
-    with pytest.raises(ValueError, match="context is for scoring chips"):
-        ChipDataset([raster], chips.values(), mean, std, context=16, augment=Augment())
-
-
 def test_build_datasets_from_cli_arguments(tmp_path):
     raster = write_raster(tmp_path / "s.tif", scene(128, bare_box=(40, 64, 96, 128)), descriptions=BAND_NAMES)
     polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30), pixel_box(70, 100, 80, 110)])
     data = build_datasets([raster], polygons, model_bands=DEFAULT_MODEL_BANDS, chip_size=32, stride=16,
                           val_fraction=0.2, block_chips=2, seed=0, max_chips=10, batch_size=4)
     assert len(data.train) == 10 and len(data.val) > 0
-    assert data.val[0]["image"].shape[-1] == 32 + 2 * VALIDATION_CONTEXT and data.train[0]["image"].shape[-1] == 32
     assert data.summary["train_chips"] == 10 and data.summary["polygon_count"] == 2
     assert len(data.norm_mean) == 6
     with pytest.raises(InputError, match=r"only \d+ training chips .* fewer than one batch of 64; lower --batch"):

@@ -261,24 +261,25 @@ def test_minec2f_loss_learns_the_teachers_reliability_from_labelled_pixels_only(
     assert training.LossForMethod(TrainConfig(method="kd"), teacher).reliability is None
 
 
-class BrightSwirNet(torch.nn.Module):
-    """Calls "footprint" where normalised band 4 (SWIR1) is above 0.5 - the bare box of the scene below."""
+class SwirRampNet(torch.nn.Module):
+    """Probability rising with SWIR1 reflectance (band 4, normalised with mean 0, std 1): in the scene below
+    (DN 9000, 7000, 1000 read with the L2A offset) 0.92 on the footprint, 0.83 on a bright field that is not one,
+    0.31 on vegetation."""
 
     def forward(self, x):
-        return 20.0 * (x[:, 4:5] - 0.5)
+        return 4.0 * (x[:, 4:5] - 0.2)
 
 
-def test_validation_scores_the_chip_with_context_around_it(tmp_path):
-    """The net sees the validation chip with imagery around it and only the chip is scored, aligned with its
-    labels: a net that finds the footprint exactly scores IoU 1 at every threshold."""
+def test_validation_offers_thresholds_beyond_0_7(tmp_path):
+    """A net that is confident everywhere near a footprint needs a high threshold; validation scores one."""
     image = np.full((6, 96, 96), 1000, dtype=np.uint16)
-    image[4, 40:70, 30:60] = 9000
+    image[4, 40:70, 30:60] = 9000  # the footprint
+    image[4, 10:30, 60:90] = 7000  # a bright field
     raster = write_raster(tmp_path / "s.tif", image, descriptions=[b.name for b in DEFAULT_MODEL_BANDS])
     box = shapely.box(500000 + 300, 5800000 - 700, 500000 + 600, 5800000 - 400)  # rows 40-69, columns 30-59
     write_polygons_gpkg(tmp_path / "p.gpkg", [box], rasterio.crs.CRS.from_epsg(32633).to_wkt(), {})
     labelled = label_raster(raster, read_polygons(tmp_path / "p.gpkg"), model_bands=DEFAULT_MODEL_BANDS)
-    chips = build_chip_index([labelled], 32, 16, val_fraction=0)
-    dataset = ChipDataset([labelled], chips, [0.0] * 6, [1.0] * 6, context=16)
-    scores = training.evaluate_net(BrightSwirNet(), dataset, resolve_device("cpu"), batch=4)
-    assert {round(s["iou"], 6) for s in scores.values()} == {1.0}
-    assert min(training.THRESHOLDS) <= 0.1 and max(training.THRESHOLDS) >= 0.9
+    dataset = ChipDataset([labelled], build_chip_index([labelled], 32, 32, val_fraction=0), [0.0] * 6, [1.0] * 6)
+    scores = training.evaluate_net(SwirRampNet(), dataset, resolve_device("cpu"), batch=4)
+    assert scores[0.85]["iou"] == scores[0.9]["iou"] == 1.0
+    assert max(scores[t]["iou"] for t in training.THRESHOLDS if t <= 0.8) < 0.7 and scores[0.95]["iou"] == 0.0
