@@ -170,6 +170,11 @@ def lr_factor(step, warmup_steps, total_steps):
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def best_threshold(iou_by_threshold):
+    """The threshold with the highest IoU; of equals, the one nearest 0.5."""
+    return max(iou_by_threshold, key=lambda t: (iou_by_threshold[t], -abs(t - 0.5)))
+
+
 @torch.no_grad()
 def evaluate_net(net, dataset, info, batch=8):
     """Scores on ``dataset`` at each of THRESHOLDS -> {threshold: scores}; pixels pooled over all chips."""
@@ -296,7 +301,7 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
                 if step >= steps:
                     break
         scores = evaluate_net(net, data.val, info, config.batch)
-        best_t = max(scores, key=lambda t: (scores[t]["iou"], -abs(t - 0.5)))
+        best_t = best_threshold({t: score["iou"] for t, score in scores.items()})
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_iou": scores[0.5]["iou"],
                "val_f1": scores[0.5]["f1"], "best_threshold": best_t, "val_iou_best_threshold": scores[best_t]["iou"],
                "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}

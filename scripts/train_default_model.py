@@ -29,7 +29,8 @@ from model_core.metrics import evaluate_mask_raster, segmentation_scores  # noqa
 from model_core.pipeline import segment_scene  # noqa: E402
 from model_core.rasters import decode_probability  # noqa: E402
 from model_core.synthetic import DomainShift, write_scene_set  # noqa: E402
-from model_core.train import THRESHOLDS, TrainConfig, finetune_student, train_teacher  # noqa: E402
+from model_core.train import (THRESHOLDS, TrainConfig, best_threshold, finetune_student,  # noqa: E402
+                               train_teacher)
 
 LANDSCAPES = ("temperate", "arid", "tropical", "mixed")
 
@@ -46,8 +47,7 @@ def fine_shift(rng):
 
 
 def calibrate_threshold(bundle, images, scenes, work):
-    """The threshold of THRESHOLDS with the best mean IoU over whole ``images`` (engine, probabilities) -> (threshold,
-    {threshold: mean IoU})."""
+    """(best threshold of THRESHOLDS, {threshold: mean IoU}) over whole ``images`` through the engine."""
     ious = []
     for image, scene in zip(images, scenes):
         prob_path = work / f"{image.parent.name}_{image.stem}_prob.tif"
@@ -59,7 +59,7 @@ def calibrate_threshold(bundle, images, scenes, work):
             truth = src.read(1) == 1
         ious.append([segmentation_scores(prob >= t, truth, valid)["iou"] for t in THRESHOLDS])
     by_threshold = dict(zip(THRESHOLDS, np.mean(ious, axis=0).round(4).tolist()))
-    return max(by_threshold, key=lambda t: (by_threshold[t], -abs(t - 0.5))), by_threshold
+    return best_threshold(by_threshold), by_threshold
 
 
 def main():
