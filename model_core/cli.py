@@ -157,6 +157,9 @@ def add_finetune_command(subparsers):
                         help=f"weight of prediction distillation (default {TrainConfig.lambda_pred})")
     parser.add_argument("--temperature", type=float, default=TrainConfig.temperature,
                         help=f"distillation temperature (default {TrainConfig.temperature})")
+    parser.add_argument("--rehearsal-scenes", type=int, default=TrainConfig.rehearsal_scenes, metavar="N",
+                        help="minec2f/kd also distil on N generated scenes, so the student keeps what the teacher "
+                             f"knows about ground your rasters lack; 0: none (default {TrainConfig.rehearsal_scenes})")
     # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps
     parser.set_defaults(handler=run_finetune, lr=3e-4, epochs=20, chip_size=128, batch=4)
 
@@ -168,7 +171,7 @@ def _training_call(args):
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
               "stride": args.stride, "max_chips": args.max_chips, "patience": args.patience, "seed": args.seed,
               "device": args.device}
-    for name in ("method", "lambda_feat", "lambda_pred", "temperature"):
+    for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     return TrainConfig(**fields), {

@@ -17,7 +17,11 @@ Distillation acts on the labelled chips and, with ``distill_imagery``, on an equ
 training area whose labels are not used (a few polygons label a few chips; the rest of the scene still shows the
 student what the teacher knows). On labelled pixels the attention releases the teacher where it contradicts the
 fine label; elsewhere it follows the teacher's confidence, weighted by how often the labelled pixels showed
-that call of the teacher ("mine" or "background") to be right (see ``distill``).
+that call of the teacher ("mine" or "background") to be right (see ``distill``). With ``rehearsal_scenes`` the
+imagery also holds chips of generated scenes, one landscape after another (pseudo-rehearsal): a student fine-tuned
+on one scene otherwise forgets what the teacher knows about ground that scene lacks (after fine-tuning on a
+scene without natural water, where a tailings pond was labelled mine, a student called the lakes of the next
+scene mines).
 
 The loop: AdamW, linear warm-up then cosine decay, validation IoU/F1 each epoch, the best epoch kept as the
 bundle (written atomically), early stopping, a resume checkpoint (safetensors, no pickle) after every epoch,
@@ -26,9 +30,11 @@ far and the resume checkpoint stay usable.
 """
 
 import csv
+import itertools
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,6 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import device as devices
+from . import synthetic
 from .bands import DEFAULT_MODEL_BANDS
 from .bundle import ModelSpec, load_bundle, save_bundle
 from .data import Augment, build_datasets
@@ -50,8 +57,10 @@ from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCOD
 
 METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
 STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
+DISTILLING = ("minec2f", "kd")
 TEACHER_INIT = ("minec2f", "kd", "finetune")  # students that start from the teacher's weights
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 20))  # 0.1 .. 0.95: validation picks the bundle's
+REHEARSAL_SEED = 7919
 MIN_STEPS_PER_EPOCH = 20  # a few hand-digitised polygons give a few chips: an epoch still trains for a while
 
 
@@ -75,6 +84,7 @@ class TrainConfig:
     lambda_pred: float = 1.0
     temperature: float = 2.0
     distill_imagery: bool = True    # kd/minec2f also distil on the training area's chips beyond the labelled ones
+    rehearsal_scenes: int = 4       # ... and on chips of this many generated scenes (0: none)
     freeze_norm: bool = None        # keep BatchNorm statistics fixed; default: for students started from the teacher
     dice_weight: float = 1.0
     offset_jitter: float = 0.1      # reflectance offset augmentation (survives a missed L2A +1000 DN offset)
@@ -99,6 +109,8 @@ class TrainConfig:
             raise InputError(f"chip size {self.chip_size} must be a multiple of {2 ** self.encoder_depth}")
         if self.temperature <= 0 or self.lr <= 0:
             raise InputError("temperature and learning rate must be positive")
+        if self.rehearsal_scenes < 0:
+            raise InputError(f"rehearsal scenes must be 0 (none) or more (got {self.rehearsal_scenes})")
 
 
 @dataclass
@@ -127,7 +139,7 @@ class LossForMethod:
 
     def __init__(self, config, teacher=None):
         self.config, self.teacher = config, teacher
-        self.distill = config.method in ("kd", "minec2f")
+        self.distill = config.method in DISTILLING
         self.attentive = config.method == "minec2f"
         self.reliability = TeacherReliability() if self.attentive else None
 
@@ -482,9 +494,34 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
         copy_weights(teacher.net, net)
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
                  extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks"})
-    loss = LossForMethod(config, teacher.net if config.method in ("kd", "minec2f") else None)
-    return fit(net, data, config, loss, out, spec, resume=resume, progress=progress, is_canceled=is_canceled,
-               log=log, info=info)
+    loss = LossForMethod(config, teacher.net if config.method in DISTILLING else None)
+    with tempfile.TemporaryDirectory(prefix="minec2f_rehearsal_") as folder:
+        rehearsal = _rehearsal_imagery(config, bands, norm, Path(folder), log) if loss.distill else None
+        if rehearsal is not None:
+            data = replace(data, imagery=_ConcatChips(data.imagery, rehearsal))
+        return fit(net, data, config, loss, out, spec, resume=resume, progress=progress,
+                   is_canceled=is_canceled, log=log, info=info)
+
+
+def _rehearsal_imagery(config, bands, norm, folder, log):
+    """Chips of ``config.rehearsal_scenes`` generated scenes (neutral sensor, each landscape in turn, twice the
+    chip size across) in ``folder``, normalised like the teacher's inputs; their labels are not used. None when
+    there are none to make or the generator's Sentinel-2 bands cannot feed the teacher."""
+    if config.rehearsal_scenes < 1:
+        return None
+    landscapes = itertools.cycle(synthetic.LANDSCAPES)
+    images, polygons, _ = synthetic.write_scene_set(
+        folder, config.rehearsal_scenes, seed=REHEARSAL_SEED + config.seed, size=2 * config.chip_size,
+        shift_for=lambda rng: synthetic.DomainShift(landscape=next(landscapes)), label="fine")
+    try:
+        chips = _datasets(replace(config, max_chips=None, batch=1), images, polygons, bands, val_fraction=0.0,
+                          norm=norm)
+    except BandMismatchError as error:
+        log(f"no rehearsal: the generated Sentinel-2 scenes cannot feed the teacher ({error})")
+        return None
+    log(f"rehearsal: distilling also on {len(chips.imagery)} chips of {len(images)} generated scenes, so the student "
+        "keeps the teacher's calls on ground the training rasters lack")
+    return chips.imagery
 
 
 def _mix(fine, coarse):

@@ -94,6 +94,7 @@ def main():
     student = finetune_student(teacher_path, fine_images, fine_gpkg, work / "student.safetensors",
                                overwrite=True, log=log,
                                config=TrainConfig(method="minec2f", epochs=epochs_student, lr=5e-4, patience=6,
+                                                  rehearsal_scenes=0,  # its scenes span every landscape already
                                                   **{**chips, "chip_size": chips["chip_size"] // 2}))
 
     bundle = load_bundle(student.bundle_path)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from raster_files import write_raster
 from model_core import train as training
-from model_core.bands import DEFAULT_MODEL_BANDS, RasterBandInfo, match_bands, resolve_radiometry
+from model_core.bands import DEFAULT_MODEL_BANDS, Band, RasterBandInfo, match_bands, resolve_radiometry
 from model_core.bundle import load_bundle, save_bundle
 from model_core.data import ChipDataset, build_chip_index, label_raster, read_polygons
 from model_core.device import resolve_device
@@ -72,13 +72,16 @@ def scene_iou(bundle_path, scenes, tmp_path):
 
 def test_student_names_its_teacher_and_beats_a_random_init(domains, teacher, tmp_path):
     images, polygons = domains["fine"]
+    messages = []
     student = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "student.safetensors",
                                config=TrainConfig(method="minec2f", epochs=6, steps_per_epoch=10, lr=2e-3,
-                                                  lambda_feat=0.5, **CHIPS))
+                                                  lambda_feat=0.5, **CHIPS), log=messages.append)
+    assert any(m.startswith("rehearsal: distilling also on") for m in messages)
     spec = load_bundle(student.bundle_path).spec
     parent = load_bundle(teacher.bundle_path)
     assert spec.role == "student" and spec.method == "minec2f" and spec.parent_hash == parent.sha256
     assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["teacher"] == parent.spec.name
+    assert spec.hyperparameters["rehearsal_scenes"] == TrainConfig.rehearsal_scenes
     assert spec.norm_mean == parent.spec.norm_mean  # the teacher's normalisation carries over
 
     random_net = build_net(spec.architecture, spec.encoder, spec.in_channels, spec.encoder_depth,
@@ -283,3 +286,30 @@ def test_validation_offers_thresholds_beyond_0_7(tmp_path):
     scores = training.evaluate_net(SwirRampNet(), dataset, resolve_device("cpu"), batch=4)
     assert scores[0.85]["iou"] == scores[0.9]["iou"] == 1.0
     assert max(scores[t]["iou"] for t in training.THRESHOLDS if t <= 0.8) < 0.7 and scores[0.95]["iou"] == 0.0
+
+
+def test_rehearsal_imagery_is_chips_of_generated_scenes_in_the_teachers_normalisation(tmp_path):
+    messages = []
+    bands = DEFAULT_MODEL_BANDS
+    norm = ([0.0] * len(bands), [1.0] * len(bands))  # normalised = reflectance
+    config = TrainConfig(rehearsal_scenes=2, chip_size=64, batch=32)  # fewer chips than a batch: fine here
+    chips = training._rehearsal_imagery(config, bands, norm, tmp_path, messages.append)
+    assert len(list(tmp_path.glob("*.tif"))) == 2 * 3  # image, fine and coarse mask of each scene
+    assert len(chips) == 2 * 9  # scenes twice the chip size across, chips every half chip
+    image = chips[0]["image"].numpy()
+    assert image.shape == (len(bands), 64, 64)
+    assert -0.2 < image.min() < image.max() < 1.2 and image.std() > 0.01
+    assert "2 generated scenes" in messages[-1]
+
+
+def test_no_rehearsal_when_asked_for_none_or_the_generator_lacks_the_teachers_bands(tmp_path):
+    messages = []
+    assert training._rehearsal_imagery(TrainConfig(rehearsal_scenes=0, **CHIPS), DEFAULT_MODEL_BANDS,
+                                       ([0.0] * 6, [1.0] * 6), tmp_path, messages.append) is None
+    assert not any(tmp_path.iterdir()) and not messages
+    thermal = (Band("B10", 10895.0),)
+    assert training._rehearsal_imagery(TrainConfig(rehearsal_scenes=1, **CHIPS), thermal, ([0.0], [1.0]),
+                                       tmp_path, messages.append) is None
+    assert messages[-1].startswith("no rehearsal") and "B10" in messages[-1]
+    with pytest.raises(InputError, match="rehearsal scenes"):
+        TrainConfig(rehearsal_scenes=-1).check()

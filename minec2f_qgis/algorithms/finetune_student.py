@@ -7,9 +7,10 @@ from qgis.core import (QgsProcessingException, QgsProcessingParameterDefinition,
 
 from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
 
-# model_core.train.TrainConfig's lambda_feat, lambda_pred, temperature, written out: the provider must load
-# without torch (a test keeps them equal).
+# model_core.train.TrainConfig's lambda_feat, lambda_pred, temperature and rehearsal_scenes, written out: the
+# provider must load without torch (a test keeps them equal).
 DISTILLATION_DEFAULTS = (0.1, 1.0, 2.0)
+REHEARSAL_SCENES_DEFAULT = 4
 
 # model_core.train.STUDENT_METHODS without "joint": that baseline also needs the teacher's coarse training data,
 # a research comparison run from the command line (python -m model_core finetune --method joint).
@@ -30,6 +31,7 @@ predictions where the teacher agrees with your polygons (attentive distillation)
 teacher's coarse boundaries are wrong. The others are baselines for comparison.
 <b>Feature / prediction distillation weight, temperature</b> (advanced): weights of the two distillation terms \
 against the segmentation loss, and the softening of the teacher's predictions.
+<b>Rehearsal scenes</b> (advanced): MineC2F and plain distillation also distil on this many generated synthetic scenes (forest, cropland, water, towns, bare ground), so that a student fine-tuned on one scene keeps what the teacher knows about ground that scene lacks. 0 turns this off.
 {TRAINING_HELP}"""
 
 
@@ -39,6 +41,7 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
     LAMBDA_FEAT = "LAMBDA_FEAT"
     LAMBDA_PRED = "LAMBDA_PRED"
     TEMPERATURE = "TEMPERATURE"
+    REHEARSAL_SCENES = "REHEARSAL_SCENES"
     POLYGONS_LABEL = "Precise footprint polygons"
     EPOCHS_DEFAULT = 20
     # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps (as the CLI)
@@ -73,6 +76,11 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
                                                      defaultValue=default, minValue=0.0)
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             parameters.append(parameter)
+        rehearsal = QgsProcessingParameterNumber(self.REHEARSAL_SCENES, "Rehearsal scenes",
+                                                 QgsProcessingParameterNumber.Integer,
+                                                 defaultValue=REHEARSAL_SCENES_DEFAULT, minValue=0, maxValue=64)
+        rehearsal.setFlags(rehearsal.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        parameters.append(rehearsal)
         return parameters
 
     def check_parameters(self, parameters, context):
@@ -87,7 +95,8 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
         return {"method": METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0],
                 "lambda_feat": self.parameterAsDouble(parameters, self.LAMBDA_FEAT, context),
                 "lambda_pred": self.parameterAsDouble(parameters, self.LAMBDA_PRED, context),
-                "temperature": self.parameterAsDouble(parameters, self.TEMPERATURE, context)}
+                "temperature": self.parameterAsDouble(parameters, self.TEMPERATURE, context),
+                "rehearsal_scenes": self.parameterAsInt(parameters, self.REHEARSAL_SCENES, context)}
 
     def train(self, parameters, context, rasters, polygons, out, **options):
         from model_core.train import finetune_student

@@ -97,10 +97,11 @@ def test_student_methods_are_the_engines_without_joint():
 
 
 def test_distillation_defaults_are_the_engines():
-    from minec2f_qgis.algorithms.finetune_student import DISTILLATION_DEFAULTS
+    from minec2f_qgis.algorithms.finetune_student import DISTILLATION_DEFAULTS, REHEARSAL_SCENES_DEFAULT
     from model_core.train import TrainConfig
 
     assert DISTILLATION_DEFAULTS == (TrainConfig.lambda_feat, TrainConfig.lambda_pred, TrainConfig.temperature)
+    assert REHEARSAL_SCENES_DEFAULT == TrainConfig.rehearsal_scenes
 
 
 class CancelAt(QgsProcessingFeedback):
