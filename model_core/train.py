@@ -29,6 +29,7 @@ a CSV log and a PNG of the curves next to the bundle. Cancelling raises Cancelle
 far and the resume checkpoint stay usable.
 """
 
+import copy
 import csv
 import itertools
 import json
@@ -249,9 +250,13 @@ def load_resume(path, net, optimizer):
 
 # ------------------------------------------------------------------------------------------- the loop
 
-def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_canceled=None, log=None,
-        info=None):
-    """Train ``net`` on ``data`` (TrainingData) with ``loss``; keep the best epoch as a bundle at ``out``."""
+def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=False, progress=None, is_canceled=None,
+        log=None, info=None):
+    """Train ``net`` on ``data`` (TrainingData) with ``loss``; keep the best epoch as a bundle at ``out``.
+
+    With ``start_threshold`` (a student started from its teacher) the starting weights are a candidate too,
+    "epoch 0": when no epoch beats them on the validation chips, the bundle holds them with that threshold.
+    """
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     log = log or (lambda message: None)
@@ -273,6 +278,10 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
     imagery = _imagery_batches(data, config, info) if loss.distill and config.distill_imagery else None
     scaler = torch.amp.GradScaler("cuda", enabled=info.is_cuda)
     state = {"epoch": 0, "best_iou": -1.0, "best_epoch": 0, "history": [], "stale": 0}
+    start = start_net = None
+    if start_threshold is not None:
+        start, start_net = _score_start(net, data, config, info, log), copy.deepcopy(net)
+        state["best_iou"] = start["val_iou_best_threshold"]
     checkpoint = resume_path(out)
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
@@ -296,8 +305,10 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
             repeat += 1
             for item in loader:
                 if is_canceled():
-                    raise Cancelled(f"training cancelled in epoch {epoch}; the best model so far is in {out.name} "
-                                    f"and the run resumes from {checkpoint.name} with --resume (Resume in QGIS)")
+                    kept = (f"the best model so far is in {out.name}" if state["best_epoch"] else
+                            "no epoch has beaten the starting model yet, so no model was written")
+                    raise Cancelled(f"training cancelled in epoch {epoch}; {kept}, and the run resumes from "
+                                    f"{checkpoint.name} with --resume (Resume in QGIS)")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
                 extra = info.to_device(next(imagery)["image"]) if imagery is not None else None
                 with info.autocast():
@@ -340,10 +351,26 @@ def fit(net, data, config, loss, out, spec, *, resume=False, progress=None, is_c
         if state["stale"] >= config.patience:
             log(f"early stop: no better validation IoU for {config.patience} epochs")
             break
+    if start is not None and state["best_epoch"] == 0:
+        log(f"no epoch beat the starting model on the validation chips (IoU {start['val_iou_best_threshold']:.3f}): "
+            f"the student keeps the teacher's weights and threshold {start_threshold}")
+        spec.threshold = float(start_threshold)
+        spec.metrics = {"val_iou": start["val_iou_best_threshold"], "val_f1": start["val_f1_best_threshold"],
+                        "val_iou_at_0.5": start["val_iou"], "best_epoch": 0}
+        save_bundle(out, start_net, spec, overwrite=True)
     _plot_curves(curves_path, state["history"], log)
     checkpoint.unlink(missing_ok=True)
-    best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else {}
+    best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else start or {}
     return TrainResult(out, state["best_epoch"], best, state["history"], log_path, curves_path)
+
+
+def _score_start(net, data, config, info, log):
+    """Validation scores of the starting weights (a log row like an epoch's, epoch 0)."""
+    scores = evaluate_net(net, data.val, info, config.batch)
+    best_t = best_threshold({t: score["iou"] for t, score in scores.items()})
+    log(f"starting model: val IoU {scores[best_t]['iou']:.3f} at threshold {best_t} (an epoch must beat it)")
+    return {"epoch": 0, "val_iou": scores[0.5]["iou"], "val_f1": scores[0.5]["f1"], "best_threshold": best_t,
+            "val_iou_best_threshold": scores[best_t]["iou"], "val_f1_best_threshold": scores[best_t]["f1"]}
 
 
 def loader_workers(config, info):
@@ -499,8 +526,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
         rehearsal = _rehearsal_imagery(config, bands, norm, Path(folder), log) if loss.distill else None
         if rehearsal is not None:
             data = replace(data, imagery=_ConcatChips(data.imagery, rehearsal))
-        return fit(net, data, config, loss, out, spec, resume=resume, progress=progress,
-                   is_canceled=is_canceled, log=log, info=info)
+        return fit(net, data, config, loss, out, spec, resume=resume, progress=progress, is_canceled=is_canceled,
+                   log=log, info=info, start_threshold=t.threshold if config.method in TEACHER_INIT else None)
 
 
 def _rehearsal_imagery(config, bands, norm, folder, log):

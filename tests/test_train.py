@@ -313,3 +313,21 @@ def test_no_rehearsal_when_asked_for_none_or_the_generator_lacks_the_teachers_ba
     assert messages[-1].startswith("no rehearsal") and "B10" in messages[-1]
     with pytest.raises(InputError, match="rehearsal scenes"):
         TrainConfig(rehearsal_scenes=-1).check()
+
+
+def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(domains, teacher, tmp_path):
+    images, polygons = domains["fine"]
+    lines = []
+    config = TrainConfig(method="finetune", epochs=1, steps_per_epoch=2, lr=10.0, **CHIPS)  # wrecks the weights
+    result = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "s.safetensors", config=config,
+                              log=lines.append)
+    start = next(line for line in lines if line.startswith("starting model"))
+    assert result.best_epoch == 0, (start, result.history)
+    student, parent = load_bundle(result.bundle_path), load_bundle(teacher.bundle_path)
+    assert student.spec.role == "student" and student.spec.metrics["best_epoch"] == 0
+    assert student.spec.threshold == parent.spec.threshold
+    assert student.spec.metrics["val_iou"] > result.history[0]["val_iou_best_threshold"]
+    for name, value in parent.net.state_dict().items():
+        assert torch.equal(student.net.state_dict()[name], value), name
+    assert any("keeps the teacher's weights" in line for line in lines)
+    assert result.log_path.exists() and not training.resume_path(result.bundle_path).exists()
