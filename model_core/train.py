@@ -521,6 +521,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, confi
         copy_weights(teacher.net, net)
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
                  extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks"})
+    spec.tile_size, spec.overlap = t.tile_size, t.overlap  # the teacher's net: its tiles suit the student too
     loss = LossForMethod(config, teacher.net if config.method in DISTILLING else None)
     with tempfile.TemporaryDirectory(prefix="minec2f_rehearsal_") as folder:
         rehearsal = _rehearsal_imagery(config, bands, norm, Path(folder), log) if loss.distill else None

@@ -331,3 +331,14 @@ def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(dom
         assert torch.equal(student.net.state_dict()[name], value), name
     assert any("keeps the teacher's weights" in line for line in lines)
     assert result.log_path.exists() and not training.resume_path(result.bundle_path).exists()
+
+
+def test_a_student_segments_with_its_teachers_tiles(domains, tmp_path):
+    from model_core.paths import DEFAULT_MODEL
+
+    images, polygons = domains["fine"]
+    result = finetune_student(DEFAULT_MODEL, images, polygons, tmp_path / "s.safetensors",
+                              config=TrainConfig(method="finetune", epochs=1, steps_per_epoch=2, **CHIPS))
+    parent = load_bundle(DEFAULT_MODEL).spec
+    spec = load_bundle(result.bundle_path).spec
+    assert parent.tile_size == 512 and (spec.tile_size, spec.overlap) == (parent.tile_size, parent.overlap)
