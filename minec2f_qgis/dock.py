@@ -392,9 +392,14 @@ class MineC2FDock(QgsDockWidget):
                                 else "Cancelled; no model was written.")
             return
         minutes = (time.monotonic() - self.started) / 60
-        self.status.setText(f"<b>New model {model.stem}</b> (selected above): validation IoU "
-                            f"{results['VAL_IOU']:.3f}, F1 {results['VAL_F1']:.3f} at epoch "
-                            f"{int(results['BEST_EPOCH'])}, in {minutes:.1f} min")
+        if int(results["BEST_EPOCH"]) == 0:
+            self.status.setText(f"<b>New model {model.stem}</b> (selected above) is the teacher unchanged: no epoch "
+                                f"beat its validation IoU of {results['VAL_IOU']:.3f} on your polygons, in "
+                                f"{minutes:.1f} min. Digitise more polygons or train for more epochs.")
+        else:
+            self.status.setText(f"<b>New model {model.stem}</b> (selected above): validation IoU "
+                                f"{results['VAL_IOU']:.3f}, F1 {results['VAL_F1']:.3f} at epoch "
+                                f"{int(results['BEST_EPOCH'])}, in {minutes:.1f} min")
         self.status.setToolTip(str(model))
 
     def show_error(self, message):

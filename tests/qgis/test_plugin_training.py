@@ -3,6 +3,7 @@ synthetic scene (tiny trainings: 64 px chips, one epoch), cancel and resume, bad
 Fine-tune section driven as a user would."""
 
 import csv
+import time
 
 import numpy as np
 import pytest
@@ -234,3 +235,12 @@ def test_dock_explains_missing_footprints_and_taken_names(dock):
     dock.model_name.setText("tiny")
     dock.finetune_button.click()
     assert "a model named 'tiny' exists already" in dock.status.text() and dock.task is None
+
+
+def test_dock_says_when_the_new_model_is_the_teacher_unchanged(dock):
+    model = models.user_models_dir() / "kept.safetensors"
+    model.write_bytes((models.user_models_dir() / "tiny.safetensors").read_bytes())
+    dock.started = time.monotonic()
+    dock.finetuned({"BEST_EPOCH": 0, "VAL_IOU": 0.61, "VAL_F1": 0.75}, {"OUTPUT_MODEL": str(model)})
+    assert "is the teacher unchanged" in dock.status.text() and "0.610" in dock.status.text()
+    assert dock.current_model().path == model
