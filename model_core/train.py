@@ -305,8 +305,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
             repeat += 1
             for item in loader:
                 if is_canceled():
-                    kept = (f"the best model so far is in {out.name}" if state["best_epoch"] else
-                            "no epoch has beaten the starting model yet, so no model was written")
+                    kept = f"the best model so far is in {out.name}" if state["best_epoch"] else "no model was written"
                     raise Cancelled(f"training cancelled in epoch {epoch}; {kept}, and the run resumes from "
                                     f"{checkpoint.name} with --resume (Resume in QGIS)")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))

@@ -31,7 +31,9 @@ predictions where the teacher agrees with your polygons (attentive distillation)
 teacher's coarse boundaries are wrong. The others are baselines for comparison.
 <b>Feature / prediction distillation weight, temperature</b> (advanced): weights of the two distillation terms \
 against the segmentation loss, and the softening of the teacher's predictions.
-<b>Rehearsal scenes</b> (advanced): MineC2F and plain distillation also distil on this many generated synthetic scenes (forest, cropland, water, towns, bare ground), so that a student fine-tuned on one scene keeps what the teacher knows about ground that scene lacks. 0 turns this off.
+<b>Rehearsal scenes</b> (advanced): MineC2F and plain distillation also distil on this many generated \
+synthetic scenes (forest, cropland, water, towns, bare ground), so that a student fine-tuned on one scene keeps \
+what the teacher knows about ground that scene lacks. 0 turns this off.
 {TRAINING_HELP}"""
 
 
