@@ -280,8 +280,10 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
     state = {"epoch": 0, "best_iou": -1.0, "best_epoch": 0, "history": [], "stale": 0}
     start = start_net = None
     if start_threshold is not None:
-        start, start_net = _score_start(net, data, config, info, log), copy.deepcopy(net)
-        state["best_iou"] = start["val_iou_best_threshold"]
+        start, start_net = _validate(net, data, config, info), copy.deepcopy(net)
+        state["best_iou"] = start[0]["val_iou_best_threshold"]
+        log(f"starting model: val IoU {state['best_iou']:.3f} at threshold {start[0]['best_threshold']} "
+            "(an epoch must beat it)")
     checkpoint = resume_path(out)
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
@@ -322,10 +324,9 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
                 progress(100.0 * ((epoch - 1) * steps + step) / total)
                 if step >= steps:
                     break
-        scores = evaluate_net(net, data.val, info, config.batch)
-        best_t = best_threshold({t: score["iou"] for t, score in scores.items()})
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_iou": scores[0.5]["iou"],
-               "val_f1": scores[0.5]["f1"], "best_threshold": best_t, "val_iou_best_threshold": scores[best_t]["iou"],
+        fields, metrics = _validate(net, data, config, info)
+        best_t = fields["best_threshold"]
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), **fields,
                "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
         state["history"].append(row)
         log(f"epoch {epoch}/{config.epochs}: loss {row['loss']:.4f}, val IoU {row['val_iou']:.3f}, "
@@ -334,8 +335,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
         if row["val_iou_best_threshold"] > state["best_iou"]:
             state.update(best_iou=row["val_iou_best_threshold"], best_epoch=epoch, stale=0)
             spec.threshold = float(best_t)
-            spec.metrics = {"val_iou": scores[best_t]["iou"], "val_f1": scores[best_t]["f1"],
-                            "val_iou_at_0.5": scores[0.5]["iou"], "best_epoch": epoch}
+            spec.metrics = {**metrics, "best_epoch": epoch}
             save_bundle(out, net, spec, overwrite=True)
         else:
             state["stale"] += 1
@@ -351,25 +351,29 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
             log(f"early stop: no better validation IoU for {config.patience} epochs")
             break
     if start is not None and state["best_epoch"] == 0:
-        log(f"no epoch beat the starting model on the validation chips (IoU {start['val_iou_best_threshold']:.3f}): "
+        log(f"no epoch beat the starting model on the validation chips (IoU {start[1]['val_iou']:.3f}): "
             f"the student keeps the teacher's weights and threshold {start_threshold}")
         spec.threshold = float(start_threshold)
-        spec.metrics = {"val_iou": start["val_iou_best_threshold"], "val_f1": start["val_f1_best_threshold"],
-                        "val_iou_at_0.5": start["val_iou"], "best_epoch": 0}
+        spec.metrics = {**start[1], "best_epoch": 0}
         save_bundle(out, start_net, spec, overwrite=True)
     _plot_curves(curves_path, state["history"], log)
     checkpoint.unlink(missing_ok=True)
-    best = state["history"][state["best_epoch"] - 1] if state["best_epoch"] else start or {}
+    if state["best_epoch"]:
+        best = state["history"][state["best_epoch"] - 1]
+    else:
+        best = {"epoch": 0, **start[0]} if start is not None else {}
     return TrainResult(out, state["best_epoch"], best, state["history"], log_path, curves_path)
 
 
-def _score_start(net, data, config, info, log):
-    """Validation scores of the starting weights (a log row like an epoch's, epoch 0)."""
+def _validate(net, data, config, info):
+    """Scores on the validation chips -> (log row fields: IoU and F1 at 0.5, the best threshold and its IoU;
+    bundle metrics at that threshold)."""
     scores = evaluate_net(net, data.val, info, config.batch)
     best_t = best_threshold({t: score["iou"] for t, score in scores.items()})
-    log(f"starting model: val IoU {scores[best_t]['iou']:.3f} at threshold {best_t} (an epoch must beat it)")
-    return {"epoch": 0, "val_iou": scores[0.5]["iou"], "val_f1": scores[0.5]["f1"], "best_threshold": best_t,
-            "val_iou_best_threshold": scores[best_t]["iou"], "val_f1_best_threshold": scores[best_t]["f1"]}
+    fields = {"val_iou": scores[0.5]["iou"], "val_f1": scores[0.5]["f1"], "best_threshold": best_t,
+              "val_iou_best_threshold": scores[best_t]["iou"]}
+    return fields, {"val_iou": scores[best_t]["iou"], "val_f1": scores[best_t]["f1"],
+                    "val_iou_at_0.5": scores[0.5]["iou"]}
 
 
 def loader_workers(config, info):
