@@ -23,16 +23,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model_core import paths  # noqa: E402
 from model_core.bundle import load_bundle  # noqa: E402
-from model_core.metrics import segmentation_scores  # noqa: E402
+from model_core.metrics import iou_by_threshold  # noqa: E402
 from model_core.pipeline import segment_scene  # noqa: E402
-from model_core.rasters import decode_probability  # noqa: E402
 from model_core.synthetic import DomainShift, make_scene, write_scene  # noqa: E402
 
 # name: (landscape, seed of scene A, seed of scene B, L2A +1000 offset, shared shift seed or None)
@@ -44,7 +42,6 @@ PAIRS = {
     "shifted_temperate": ("temperate", 10, 11, True, 1), "shifted_arid": ("arid", 20, 21, False, 2),
     "shifted_tropical": ("tropical", 30, 31, True, 3), "shifted_mixed": ("mixed", 40, 41, False, 4),
 }
-BUNDLE_THRESHOLD = "bundle's"
 
 
 def sensor_shift(seed, landscape):
@@ -62,18 +59,14 @@ def write_pair(name, work):
             for part, seed in (("a", seed_a), ("b", seed_b))]
 
 
-def iou_on(bundle_path, scene, out, thresholds):
-    """IoU of ``bundle_path`` on ``scene`` at its own threshold and at each of ``thresholds``."""
+def iou_on(bundle_path, scene, out):
+    """(IoU of ``bundle_path`` on ``scene`` at its own threshold, IoU at 0.85, its threshold)."""
     bundle = load_bundle(bundle_path)
     segment_scene(scene["image"], bundle, out / "prob.tif", out / "mask.tif", out / "footprints.gpkg",
                   device="cpu", overwrite=True, min_area_ha=0.0)
-    with rasterio.open(out / "prob.tif") as src:
-        prob, valid = decode_probability(src.read(1))
-    with rasterio.open(scene["fine_mask"]) as src:
-        truth = src.read(1) == 1
-    scores = {t: segmentation_scores(prob >= t, truth, valid)["iou"] for t in thresholds}
-    scores[BUNDLE_THRESHOLD] = segmentation_scores(prob >= bundle.spec.threshold, truth, valid)["iou"]
-    return scores, bundle.spec.threshold
+    threshold = bundle.spec.threshold
+    scores = iou_by_threshold(out / "prob.tif", scene["fine_mask"], (threshold, 0.85))
+    return scores[threshold], scores[0.85], threshold
 
 
 def run_pair(name, work, epochs, rehearsals):
@@ -81,8 +74,7 @@ def run_pair(name, work, epochs, rehearsals):
     os.environ["MINEC2F_THREADS"] = "1"
     scene_a, scene_b = write_pair(name, work)
     folder = work / name
-    scores, threshold = iou_on(paths.DEFAULT_MODEL, scene_b, folder / "bundled", [0.85])
-    rows = {"bundled model": (scores[BUNDLE_THRESHOLD], scores[0.85], threshold, 0.0)}
+    rows = {"bundled model": (*iou_on(paths.DEFAULT_MODEL, scene_b, folder / "bundled"), 0.0)}
     for rehearsal in rehearsals:
         student = folder / f"student_rehearsal{rehearsal}.safetensors"
         started = time.perf_counter()
@@ -93,8 +85,7 @@ def run_pair(name, work, epochs, rehearsals):
         if run.returncode:
             raise RuntimeError(f"fine-tuning on {name} failed: {run.stderr.strip()[-2000:]}")
         seconds = time.perf_counter() - started
-        scores, threshold = iou_on(student, scene_b, folder / student.stem, [0.85])
-        rows[f"student, {rehearsal} rehearsal scenes"] = (scores[BUNDLE_THRESHOLD], scores[0.85], threshold, seconds)
+        rows[f"student, {rehearsal} rehearsal scenes"] = (*iou_on(student, scene_b, folder / student.stem), seconds)
     return name, rows
 
 

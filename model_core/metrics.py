@@ -78,6 +78,20 @@ def all_scores(pred, ref, valid=None, tolerance_px=2):
     return scores
 
 
+def iou_by_threshold(prob_path, reference_mask_path, thresholds):
+    """IoU of a probability GeoTIFF as the engine writes it, thresholded at each of ``thresholds``, against a
+    reference mask raster on the same grid (1 footprint) -> {threshold: IoU}; nodata probabilities ignored."""
+    import rasterio
+
+    from .rasters import decode_probability
+
+    with rasterio.open(prob_path) as src:
+        prob, valid = decode_probability(src.read(1))
+    with rasterio.open(reference_mask_path) as src:
+        truth = src.read(1) == 1
+    return {t: segmentation_scores(prob >= t, truth, valid)["iou"] for t in thresholds}
+
+
 def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None):
     """Scores of a predicted mask GeoTIFF (1 footprint, 0 background, nodata ignored) against ``reference``:
     a mask raster on the same grid or a polygon layer (reprojected and rasterised on the prediction's grid)."""

@@ -18,16 +18,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model_core import paths  # noqa: E402
 from model_core.bundle import load_bundle, save_bundle  # noqa: E402
-from model_core.metrics import evaluate_mask_raster, segmentation_scores  # noqa: E402
+from model_core.metrics import evaluate_mask_raster, iou_by_threshold  # noqa: E402
 from model_core.pipeline import segment_scene  # noqa: E402
-from model_core.rasters import decode_probability  # noqa: E402
 from model_core.synthetic import DomainShift, write_scene_set  # noqa: E402
 from model_core.train import (THRESHOLDS, TrainConfig, best_threshold, finetune_student,  # noqa: E402
                                train_teacher)
@@ -53,11 +51,7 @@ def calibrate_threshold(bundle, images, scenes, work):
         prob_path = work / f"{image.parent.name}_{image.stem}_prob.tif"
         segment_scene(image, bundle, prob_path, work / "mask.tif", work / "fp.gpkg", overwrite=True,
                       min_area_ha=0.0)
-        with rasterio.open(prob_path) as src:
-            prob, valid = decode_probability(src.read(1))
-        with rasterio.open(scene["fine_mask"]) as src:
-            truth = src.read(1) == 1
-        ious.append([segmentation_scores(prob >= t, truth, valid)["iou"] for t in THRESHOLDS])
+        ious.append(list(iou_by_threshold(prob_path, scene["fine_mask"], THRESHOLDS).values()))
     by_threshold = dict(zip(THRESHOLDS, np.mean(ious, axis=0).round(4).tolist()))
     return best_threshold(by_threshold), by_threshold
 

@@ -5,7 +5,8 @@ import pytest
 import rasterio
 import shapely
 
-from model_core.metrics import all_scores, boundary, boundary_f1, evaluate_mask_raster, segmentation_scores
+from model_core.metrics import (all_scores, boundary, boundary_f1, evaluate_mask_raster, iou_by_threshold,
+                                segmentation_scores)
 from model_core.vectorize import write_polygons_gpkg
 
 
@@ -70,3 +71,19 @@ def test_evaluate_against_raster_and_polygons(tmp_path, make_raster):
     from_polygons = evaluate_mask_raster(pred_path, gpkg)
     assert from_polygons["iou"] == pytest.approx(50 / 150, abs=0.02)
     assert set(all_scores(pred, ref)) == {"iou", "f1", "precision", "recall", "boundary_f1"}
+
+
+def test_iou_by_threshold_reads_an_engine_probability_raster_and_ignores_its_nodata(tmp_path):
+    from rasterio.transform import from_origin
+
+    from model_core.rasters import encode_probability, mask_profile, probability_profile
+
+    grid = {"width": 4, "height": 1, "crs": "EPSG:32633", "transform": from_origin(0, 0, 10, 10)}
+    prob = np.array([[0.9, 0.6, 0.2, 0.9]], np.float32)
+    valid = np.array([[True, True, True, False]])  # the last pixel is nodata: its 0.9 must not count
+    with rasterio.open(tmp_path / "p.tif", "w", **probability_profile("uint8", **grid)) as dst:
+        dst.write(encode_probability(prob, valid, "uint8"), 1)
+    with rasterio.open(tmp_path / "r.tif", "w", **mask_profile(**grid)) as dst:
+        dst.write(np.array([[1, 1, 0, 0]], np.uint8), 1)
+    ious = iou_by_threshold(tmp_path / "p.tif", tmp_path / "r.tif", (0.1, 0.5, 0.8))
+    assert ious == {0.1: pytest.approx(2 / 3), 0.5: 1.0, 0.8: 0.5}
