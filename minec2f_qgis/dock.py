@@ -161,7 +161,7 @@ class MineC2FDock(QgsDockWidget):
         form.addRow("Labelled extent", self.extent_box)
         self.epochs_box = QSpinBox()
         self.epochs_box.setRange(1, 500)
-        self.epochs_box.setValue(FinetuneStudentAlgorithm.EPOCHS_DEFAULT)
+        self.epochs_box.setValue(FinetuneStudentAlgorithm.DEFAULTS["epochs"])
         form.addRow("Epochs", self.epochs_box)
         self.model_name = QLineEdit()
         self.model_name.setPlaceholderText("automatic: <raster>_finetuned")

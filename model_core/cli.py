@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from . import defaults
 from .errors import Cancelled, MineC2FError
 
 
@@ -113,18 +114,20 @@ def run_export_chips(args):
     print(f"index: {result.index_path}")
 
 
-def _add_training_arguments(parser):
+def _add_training_arguments(parser, defaults):
+    """The arguments of every training command; ``defaults``: a dict of model_core.defaults."""
     parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
     parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
     parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
-    parser.add_argument("--epochs", type=int, default=30, metavar="N")
+    parser.add_argument("--epochs", type=int, default=defaults["epochs"], metavar="N")
     parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="bundle to write")
-    parser.add_argument("--batch", type=int, default=8, metavar="N")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--chip-size", type=int, default=256, metavar="N")
+    parser.add_argument("--batch", type=int, default=defaults["batch"], metavar="N")
+    parser.add_argument("--lr", type=float, default=defaults["lr"])
+    parser.add_argument("--chip-size", type=int, default=defaults["chip_size"], metavar="N")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: half the chip size)")
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
-    parser.add_argument("--patience", type=int, default=8, metavar="N", help="early stopping patience (epochs)")
+    parser.add_argument("--patience", type=int, default=defaults["patience"], metavar="N",
+                        help="early stopping patience (epochs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band")
@@ -137,7 +140,7 @@ def add_train_command(subparsers):
         "train", help="train a teacher on coarse footprint polygons",
         description="Train a teacher bundle on (coarse) polygons: BCE + Dice, AdamW with warm-up and cosine decay, "
                     "early stopping on validation IoU. Writes OUT, OUT.log.csv and OUT.curves.png.")
-    _add_training_arguments(parser)
+    _add_training_arguments(parser, defaults.TEACHER)
     parser.set_defaults(handler=run_train)
 
 
@@ -149,7 +152,7 @@ def add_finetune_command(subparsers):
         description="Fine-tune a student from --teacher on hand-digitised polygons with attentive feature and "
                     "prediction distillation (method minec2f) or a baseline.")
     parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
-    _add_training_arguments(parser)
+    _add_training_arguments(parser, defaults.STUDENT)
     parser.add_argument("--method", choices=STUDENT_METHODS, default="minec2f")
     parser.add_argument("--lambda-feat", type=float, default=TrainConfig.lambda_feat,
                         help=f"weight of feature distillation (default {TrainConfig.lambda_feat})")
@@ -160,8 +163,7 @@ def add_finetune_command(subparsers):
     parser.add_argument("--rehearsal-scenes", type=int, default=TrainConfig.rehearsal_scenes, metavar="N",
                         help="minec2f/kd also distil on N generated scenes, so the student keeps what the teacher "
                              f"knows about ground your rasters lack; 0: none (default {TrainConfig.rehearsal_scenes})")
-    # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps
-    parser.set_defaults(handler=run_finetune, lr=3e-4, epochs=20, chip_size=128, batch=4)
+    parser.set_defaults(handler=run_finetune)
 
 
 def _training_call(args):

@@ -47,7 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import device as devices
-from . import synthetic
+from . import defaults, synthetic
 from .bands import DEFAULT_MODEL_BANDS
 from .bundle import ModelSpec, load_bundle, save_bundle
 from .data import Augment, build_datasets
@@ -69,23 +69,23 @@ MIN_STEPS_PER_EPOCH = 20  # a few hand-digitised polygons give a few chips: an e
 class TrainConfig:
     """Hyper-parameters of one run; all are recorded in the bundle."""
     method: str = "minec2f"
-    epochs: int = 30
-    batch: int = 8
-    lr: float = 1e-3
+    epochs: int = defaults.TEACHER["epochs"]
+    batch: int = defaults.TEACHER["batch"]
+    lr: float = defaults.TEACHER["lr"]
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
-    patience: int = 8
-    chip_size: int = 256
+    patience: int = defaults.TEACHER["patience"]
+    chip_size: int = defaults.TEACHER["chip_size"]
     stride: int = None              # default: half the chip size
     val_fraction: float = 0.2
     max_chips: int = None
     steps_per_epoch: int = None     # default: one pass over the training chips, at least MIN_STEPS_PER_EPOCH
     seed: int = 0
-    lambda_feat: float = 0.1        # 1.0 held the student to the coarse teacher's outlines
-    lambda_pred: float = 1.0
-    temperature: float = 2.0
+    lambda_feat: float = defaults.LAMBDA_FEAT
+    lambda_pred: float = defaults.LAMBDA_PRED
+    temperature: float = defaults.TEMPERATURE
     distill_imagery: bool = True    # kd/minec2f also distil on the training area's chips beyond the labelled ones
-    rehearsal_scenes: int = 4       # ... and on chips of this many generated scenes (0: none)
+    rehearsal_scenes: int = defaults.REHEARSAL_SCENES  # ... and on chips of this many generated scenes
     freeze_norm: bool = None        # keep BatchNorm statistics fixed; default: for students started from the teacher
     dice_weight: float = 1.0
     offset_jitter: float = 0.1      # reflectance offset augmentation (survives a missed L2A +1000 DN offset)
@@ -488,9 +488,9 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
                is_canceled=is_canceled, log=log, info=info)
 
 
-def finetune_student(teacher_path, rasters, polygons, out, *, extent=None, config=TrainConfig(),
-                     coarse=None, band_mapping=None, overwrite=False, resume=False, progress=None,
-                     is_canceled=None, log=None):
+def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
+                     config=TrainConfig(**defaults.STUDENT), coarse=None, band_mapping=None, overwrite=False,
+                     resume=False, progress=None, is_canceled=None, log=None):
     """Fine-tune a student from the teacher bundle on precise ``polygons``; writes the bundle ``out``.
 
     ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only.

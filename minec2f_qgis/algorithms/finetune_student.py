@@ -5,12 +5,9 @@ from pathlib import Path
 from qgis.core import (QgsProcessingException, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
                        QgsProcessingParameterFile, QgsProcessingParameterNumber)
 
-from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
+from model_core import defaults
 
-# model_core.train.TrainConfig's lambda_feat, lambda_pred, temperature and rehearsal_scenes, written out: the
-# provider must load without torch (a test keeps them equal).
-DISTILLATION_DEFAULTS = (0.1, 1.0, 2.0)
-REHEARSAL_SCENES_DEFAULT = 4
+from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
 
 # model_core.train.STUDENT_METHODS without "joint": that baseline also needs the teacher's coarse training data,
 # a research comparison run from the command line (python -m model_core finetune --method joint).
@@ -45,11 +42,8 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
     TEMPERATURE = "TEMPERATURE"
     REHEARSAL_SCENES = "REHEARSAL_SCENES"
     POLYGONS_LABEL = "Precise footprint polygons"
-    EPOCHS_DEFAULT = 20
-    # a few polygons on one scene: smaller chips give enough of them, smaller batches enough steps (as the CLI)
-    BATCH_DEFAULT = 4
-    CHIP_SIZE_DEFAULT = 128
-    LEARNING_RATE_DEFAULT = 5e-4
+    DEFAULTS = defaults.STUDENT
+    CHIP_SIZE_DEFAULT = defaults.STUDENT["chip_size"]
 
     def name(self):
         return "finetune_student"
@@ -71,16 +65,16 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
                                        defaultValue=str(DEFAULT_MODEL)),
             QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
                                        defaultValue=0)]
-        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", DISTILLATION_DEFAULTS[0]),
-                                     (self.LAMBDA_PRED, "Prediction distillation weight", DISTILLATION_DEFAULTS[1]),
-                                     (self.TEMPERATURE, "Distillation temperature", DISTILLATION_DEFAULTS[2])):
+        for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", defaults.LAMBDA_FEAT),
+                                     (self.LAMBDA_PRED, "Prediction distillation weight", defaults.LAMBDA_PRED),
+                                     (self.TEMPERATURE, "Distillation temperature", defaults.TEMPERATURE)):
             parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
                                                      defaultValue=default, minValue=0.0)
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             parameters.append(parameter)
         rehearsal = QgsProcessingParameterNumber(self.REHEARSAL_SCENES, "Rehearsal scenes",
                                                  QgsProcessingParameterNumber.Integer,
-                                                 defaultValue=REHEARSAL_SCENES_DEFAULT, minValue=0, maxValue=64)
+                                                 defaultValue=defaults.REHEARSAL_SCENES, minValue=0, maxValue=64)
         rehearsal.setFlags(rehearsal.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         parameters.append(rehearsal)
         return parameters

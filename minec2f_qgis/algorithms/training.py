@@ -9,6 +9,8 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
 
+from model_core import defaults
+
 from .common import DEVICES, MineC2FAlgorithm, layer_file, vector_file
 
 INPUTS_HELP = """<b>Rasters</b>: one or more multispectral scenes saved as files (GeoTIFF, VRT, ...), any CRS.
@@ -47,7 +49,7 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
     EXTENT = "EXTENT"
     CHIP_SIZE = "CHIP_SIZE"
     POLYGONS_LABEL = "Footprint polygons"
-    CHIP_SIZE_DEFAULT = 256
+    CHIP_SIZE_DEFAULT = defaults.TEACHER["chip_size"]
 
     def add_data_parameters(self):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTERS, "Rasters", QgsProcessing.TypeRaster))
@@ -95,9 +97,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     BEST_EPOCH = "BEST_EPOCH"
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
-    EPOCHS_DEFAULT = 30
-    BATCH_DEFAULT = 8
-    LEARNING_RATE_DEFAULT = 1e-3
+    DEFAULTS = defaults.TEACHER  # epochs, batch, lr, chip_size: as the command line's
 
     def method_parameters(self):
         """Parameters of this kind of training, added after the labelled data."""
@@ -115,13 +115,13 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
         self.add_data_parameters()
         for parameter in self.method_parameters():
             self.addParameter(parameter)
-        for name, label, default in ((self.EPOCHS, "Epochs", self.EPOCHS_DEFAULT),
-                                     (self.BATCH, "Batch size", self.BATCH_DEFAULT)):
+        for name, label, default in ((self.EPOCHS, "Epochs", self.DEFAULTS["epochs"]),
+                                     (self.BATCH, "Batch size", self.DEFAULTS["batch"])):
             self.addParameter(QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
                                                            defaultValue=default, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
             self.LEARNING_RATE, "Learning rate", QgsProcessingParameterNumber.Double,
-            defaultValue=self.LEARNING_RATE_DEFAULT, minValue=1e-7, maxValue=1.0))
+            defaultValue=self.DEFAULTS["lr"], minValue=1e-7, maxValue=1.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=[label for _, label in DEVICES], defaultValue=0))
         bands = QgsProcessingParameterString(self.BANDS, "Band mapping, e.g. B02=1,B03=2,... (empty: automatic)",

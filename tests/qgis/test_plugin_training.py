@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 from dock_tasks import wait_for_task
-from qgis.core import (QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback, QgsProject,
-                       QgsRasterLayer, QgsRectangle, QgsVectorLayer)
+from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer)
 
 import processing
 from minec2f_qgis import models
@@ -72,6 +72,7 @@ def test_train_teacher_writes_bundle_log_and_curves(plugin, scene, tmp_path):
 
 
 def test_finetune_student_records_its_teacher(plugin, scene, tiny_bundle_path, tmp_path):
+    from model_core import defaults
     from model_core.bundle import file_sha256, load_bundle
 
     polygons = QgsVectorLayer(str(scene["fine_polygons"]), "my footprints", "ogr")
@@ -85,7 +86,7 @@ def test_finetune_student_records_its_teacher(plugin, scene, tiny_bundle_path, t
     spec = load_bundle(out).spec
     assert (spec.role, spec.method) == ("student", "minec2f")
     assert spec.parent_hash == file_sha256(tiny_bundle_path)
-    assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["lr"] == pytest.approx(5e-4)
+    assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["lr"] == defaults.STUDENT["lr"]
     assert spec.training["polygons"] == "my_footprints.gpkg" and spec.training["extent"] == "extent.gpkg"
     assert results["BEST_EPOCH"] == 1 and (tmp_path / "student.log.csv").exists()
 
@@ -97,12 +98,22 @@ def test_student_methods_are_the_engines_without_joint():
     assert [key for key, _ in METHODS] == [method for method in STUDENT_METHODS if method != "joint"]
 
 
-def test_distillation_defaults_are_the_engines():
-    from minec2f_qgis.algorithms.finetune_student import DISTILLATION_DEFAULTS, REHEARSAL_SCENES_DEFAULT
-    from model_core.train import TrainConfig
+@pytest.mark.parametrize("algorithm, command", [("minec2f:train_teacher", "train"),
+                                                 ("minec2f:finetune_student", "finetune")])
+def test_training_defaults_are_the_command_lines(plugin, algorithm, command):
+    """A run from Processing (and the dock) with its defaults trains as the command line with its own."""
+    from model_core.cli import build_parser
 
-    assert DISTILLATION_DEFAULTS == (TrainConfig.lambda_feat, TrainConfig.lambda_pred, TrainConfig.temperature)
-    assert REHEARSAL_SCENES_DEFAULT == TrainConfig.rehearsal_scenes
+    args = build_parser().parse_args([command, "--raster", "r.tif", "--polygons", "p.gpkg", "--out", "o.safetensors"]
+                                     + (["--teacher", "t.safetensors"] if command == "finetune" else []))
+    definitions = QgsApplication.processingRegistry().algorithmById(algorithm)
+    names = {"EPOCHS": "epochs", "BATCH": "batch", "LEARNING_RATE": "lr", "CHIP_SIZE": "chip_size",
+             "LAMBDA_FEAT": "lambda_feat", "LAMBDA_PRED": "lambda_pred", "TEMPERATURE": "temperature",
+             "REHEARSAL_SCENES": "rehearsal_scenes"}
+    compared = {name: (definitions.parameterDefinition(name).defaultValue(), getattr(args, field))
+                for name, field in names.items() if definitions.parameterDefinition(name) is not None}
+    assert len(compared) == (4 if command == "train" else 8)
+    assert all(processing == cli for processing, cli in compared.values()), compared
 
 
 class CancelAt(QgsProcessingFeedback):

@@ -1,0 +1,14 @@
+"""Default hyper-parameters of training, in one module free of torch: ``model_core.train.TrainConfig``, the
+command line and the plugin's Processing parameters (shown before the plugin has checked for torch) read them
+here, so a run from QGIS and one from the shell train alike."""
+
+# a teacher: many coarse polygons over whole scenes
+TEACHER = {"epochs": 30, "batch": 8, "lr": 1e-3, "chip_size": 256, "patience": 8}
+# a student: a few polygons on one scene, so smaller chips (enough of them) and batches (enough steps), and a
+# lower rate that moves the teacher's weights less (measured by bench/finetune_one_scene.py)
+STUDENT = {**TEACHER, "epochs": 20, "batch": 4, "lr": 3e-4, "chip_size": 128}
+
+LAMBDA_FEAT = 0.1  # 1.0 held the student to the coarse teacher's outlines
+LAMBDA_PRED = 1.0
+TEMPERATURE = 2.0
+REHEARSAL_SCENES = 4  # generated scenes minec2f/kd students also distil on (0: none)
