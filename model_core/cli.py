@@ -88,7 +88,7 @@ def add_export_chips_command(subparsers):
     parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
     parser.add_argument("--extent-layer", help="layer of --extent (default: the first)")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="new folder for the chips")
-    parser.add_argument("--chip-size", type=int, default=256, metavar="N")
+    parser.add_argument("--chip-size", type=int, default=defaults.TEACHER["chip_size"], metavar="N")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: the chip size)")
     parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F")
     parser.add_argument("--seed", type=int, default=0)
@@ -114,19 +114,19 @@ def run_export_chips(args):
     print(f"index: {result.index_path}")
 
 
-def _add_training_arguments(parser, defaults):
-    """The arguments of every training command; ``defaults``: a dict of model_core.defaults."""
+def _add_training_arguments(parser, run_defaults):
+    """The arguments of every training command; ``run_defaults``: defaults.TEACHER or defaults.STUDENT."""
     parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
     parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
     parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
-    parser.add_argument("--epochs", type=int, default=defaults["epochs"], metavar="N")
+    parser.add_argument("--epochs", type=int, default=run_defaults["epochs"], metavar="N")
     parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="bundle to write")
-    parser.add_argument("--batch", type=int, default=defaults["batch"], metavar="N")
-    parser.add_argument("--lr", type=float, default=defaults["lr"])
-    parser.add_argument("--chip-size", type=int, default=defaults["chip_size"], metavar="N")
+    parser.add_argument("--batch", type=int, default=run_defaults["batch"], metavar="N")
+    parser.add_argument("--lr", type=float, default=run_defaults["lr"])
+    parser.add_argument("--chip-size", type=int, default=run_defaults["chip_size"], metavar="N")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: half the chip size)")
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
-    parser.add_argument("--patience", type=int, default=defaults["patience"], metavar="N",
+    parser.add_argument("--patience", type=int, default=run_defaults["patience"], metavar="N",
                         help="early stopping patience (epochs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

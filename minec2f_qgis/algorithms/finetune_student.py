@@ -43,7 +43,6 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
     REHEARSAL_SCENES = "REHEARSAL_SCENES"
     POLYGONS_LABEL = "Precise footprint polygons"
     DEFAULTS = defaults.STUDENT
-    CHIP_SIZE_DEFAULT = defaults.STUDENT["chip_size"]
 
     def name(self):
         return "finetune_student"

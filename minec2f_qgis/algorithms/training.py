@@ -49,7 +49,7 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
     EXTENT = "EXTENT"
     CHIP_SIZE = "CHIP_SIZE"
     POLYGONS_LABEL = "Footprint polygons"
-    CHIP_SIZE_DEFAULT = defaults.TEACHER["chip_size"]
+    DEFAULTS = defaults.TEACHER  # epochs, batch, lr, chip_size: as the command line's
 
     def add_data_parameters(self):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTERS, "Rasters", QgsProcessing.TypeRaster))
@@ -60,7 +60,7 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.CHIP_SIZE, "Chip size in pixels", QgsProcessingParameterNumber.Integer,
-            defaultValue=self.CHIP_SIZE_DEFAULT, minValue=32))
+            defaultValue=self.DEFAULTS["chip_size"], minValue=32))
 
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
@@ -97,7 +97,6 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     BEST_EPOCH = "BEST_EPOCH"
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
-    DEFAULTS = defaults.TEACHER  # epochs, batch, lr, chip_size: as the command line's
 
     def method_parameters(self):
         """Parameters of this kind of training, added after the labelled data."""
