@@ -399,7 +399,8 @@ class MineC2FDock(QgsDockWidget):
         else:
             self.status.setText(f"<b>New model {model.stem}</b> (selected above): validation IoU "
                                 f"{results['VAL_IOU']:.3f}, F1 {results['VAL_F1']:.3f} at epoch "
-                                f"{int(results['BEST_EPOCH'])}, in {minutes:.1f} min")
+                                f"{int(results['BEST_EPOCH'])} on held-out parts of your rasters, in "
+                                f"{minutes:.1f} min. Check it on a scene you did not digitise before relying on it.")
         self.status.setToolTip(str(model))
 
     def show_error(self, message):

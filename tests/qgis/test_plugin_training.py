@@ -231,6 +231,7 @@ def test_dock_finetunes_the_selected_model_and_selects_the_new_one(dock):
     wait_for_task(dock, timeout=90)
 
     assert "New model area_finetuned" in dock.status.text(), dock.status.text()
+    assert "Check it on a scene you did not digitise" in dock.status.text()
     entry = dock.current_model()
     assert entry.path == models.user_models_dir() / "area_finetuned.safetensors"
     assert entry.label == "area_finetuned (user)" and entry.spec.role == "student"
