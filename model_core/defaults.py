@@ -5,7 +5,7 @@ here, so a run from QGIS and one from the shell train alike."""
 # a teacher: many coarse polygons over whole scenes
 TEACHER = {"epochs": 30, "batch": 8, "lr": 1e-3, "chip_size": 256, "patience": 8}
 # a student: a few polygons on one scene, so smaller chips (enough of them) and batches (enough steps), and a
-# lower rate that moves the teacher's weights less (measured by bench/finetune_one_scene.py)
+# lower rate that moves the teacher's weights less (the settings bench/finetune_one_scene.py measures)
 STUDENT = {**TEACHER, "epochs": 20, "batch": 4, "lr": 3e-4, "chip_size": 128}
 
 LAMBDA_FEAT = 0.1  # 1.0 held the student to the coarse teacher's outlines
