@@ -60,8 +60,10 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
         from model_core.paths import DEFAULT_MODEL
 
         parameters = [
-            QgsProcessingParameterFile(self.TEACHER, "Teacher model", extension="safetensors",
-                                       defaultValue=str(DEFAULT_MODEL)),
+            # optional, so qgis_process and models may leave it out: qgis_process 3.22 refuses a mandatory file
+            # parameter that is not given, whatever its default
+            QgsProcessingParameterFile(self.TEACHER, "Teacher model (empty: the bundled model)",
+                                       extension="safetensors", defaultValue=str(DEFAULT_MODEL), optional=True),
             QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
                                        defaultValue=0)]
         for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", defaults.LAMBDA_FEAT),
@@ -84,7 +86,9 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
             raise QgsProcessingException(f"{self.OUTPUT_MODEL}: that is the teacher model; choose another file name")
 
     def teacher(self, parameters, context):
-        return Path(self.parameterAsFile(parameters, self.TEACHER, context))
+        from model_core.paths import DEFAULT_MODEL
+
+        return Path(self.parameterAsFile(parameters, self.TEACHER, context) or DEFAULT_MODEL)
 
     def method_config(self, parameters, context):
         return {"method": METHODS[self.parameterAsEnum(parameters, self.METHOD, context)][0],

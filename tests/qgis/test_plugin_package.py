@@ -1,5 +1,6 @@
 """End to end: scripts/package.sh builds the zip, the zip is unpacked into a fresh QGIS profile (temporary HOME)
-with the plugin enabled, and `qgis_process run minec2f:segment` segments the known scene headless with it."""
+with the plugin enabled, and `qgis_process run` segments the known scene and fine-tunes the bundled model headless
+with it."""
 
 import configparser
 import subprocess
@@ -37,24 +38,51 @@ def test_zip_holds_one_plugin_folder_with_the_engine_and_resources(plugin_zip):
     assert f"minec2f_qgis/{metadata['general']['icon']}" in names
 
 
-@pytest.mark.skipif(not Path(QGIS_PROCESS).exists(), reason="qgis_process.bin is not installed")
-def test_qgis_process_segments_with_the_installed_plugin(plugin_zip, known_scene, constant_bundle_path, tmp_path):
+@pytest.fixture
+def qgis_process(plugin_zip, tmp_path):
+    """Runs ``qgis_process.bin run ALGORITHM -- KEY=VALUE ...`` with the zip installed in a fresh profile."""
+    if not Path(QGIS_PROCESS).exists():
+        pytest.skip("qgis_process.bin is not installed")
     home = tmp_path / "home"
     profile = home / ".local/share/QGIS/QGIS3/profiles/default"
     (profile / "QGIS").mkdir(parents=True)
     (profile / "QGIS" / "QGIS3.ini").write_text("[PythonPlugins]\nminec2f_qgis=true\n")
     zipfile.ZipFile(plugin_zip).extractall(profile / "python" / "plugins")
-    footprints = tmp_path / "out" / "footprints.gpkg"
     # Only the venv's packages (torch, smp, ...) on the path: model_core must come from the installed plugin.
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "QT_QPA_PLATFORM": "offscreen",
            "PYTHONPATH": sysconfig.get_paths()["purelib"], "LANG": "C.UTF-8"}
 
-    completed = subprocess.run(
-        [QGIS_PROCESS, "run", "minec2f:segment", "--", f"INPUT={known_scene}", f"MODEL={constant_bundle_path}",
-         f"OUTPUT_FOOTPRINTS={footprints}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    def run(algorithm, **parameters):
+        completed = subprocess.run([QGIS_PROCESS, "run", algorithm, "--", *(f"{k}={v}" for k, v in parameters.items())],
+                                   env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+        return completed.stdout
 
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
-    assert "FOOTPRINT_COUNT:\t2" in completed.stdout
+    return run
+
+
+def test_qgis_process_segments_with_the_installed_plugin(qgis_process, known_scene, constant_bundle_path, tmp_path):
+    footprints = tmp_path / "out" / "footprints.gpkg"
+
+    stdout = qgis_process("minec2f:segment", INPUT=known_scene, MODEL=constant_bundle_path,
+                          OUTPUT_FOOTPRINTS=footprints)
+
+    assert "FOOTPRINT_COUNT:\t2" in stdout
     layer = QgsVectorLayer(f"{footprints}|layername=footprints", "footprints", "ogr")
     assert sorted(f["area_ha"] for f in layer.getFeatures()) == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
+
+
+def test_qgis_process_finetunes_the_bundled_model_when_no_teacher_is_given(qgis_process, tmp_path):
+    from model_core.bundle import file_sha256, read_spec
+    from model_core.paths import DEFAULT_MODEL
+    from model_core.synthetic import make_scene, write_scene
+
+    scene = write_scene(make_scene(192, seed=3, mines=2), tmp_path / "scene", "scene")
+    out = tmp_path / "student.safetensors"
+
+    stdout = qgis_process("minec2f:finetune_student", RASTERS=scene["image"], POLYGONS=scene["fine_polygons"],
+                          EPOCHS=1, BATCH=2, CHIP_SIZE=64, REHEARSAL_SCENES=0, OUTPUT_MODEL=out)
+
+    assert "BEST_EPOCH:" in stdout
+    spec = read_spec(out)
+    assert (spec.role, spec.parent_hash) == ("student", file_sha256(DEFAULT_MODEL))
