@@ -22,7 +22,8 @@ extent or nodata in the raster. Dataset samples are dicts of float32 tensors: ``
 A chip is a ``chip_size`` square window; chips step by ``stride`` and the last row/column of chips is flush
 with the raster edge. The train/validation split is by location: blocks of ``block_chips`` x ``block_chips``
 chip positions (smaller blocks if the rasters hold too few) go to validation whole, and training chips that
-overlap a validation chip are dropped (the buffer), so no pixel is seen in both splits.
+overlap a validation chip are dropped (the buffer), so no pixel is seen in both splits. On a small raster, blocks
+that would leave fewer training chips than a batch stay in training.
 """
 
 import csv
@@ -289,9 +290,11 @@ def chip_origins(length, chip_size, stride):
 
 
 def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, block_chips=4, seed=0,
-                     min_valid_fraction=0.25):
+                     min_valid_fraction=0.25, min_train_chips=1):
     """All chips of ``rasters`` (LabelledRaster list) with at least ``min_valid_fraction`` labelled pixels, each
-    with its statistics and a spatial train/val split (see the module docstring). Deterministic given ``seed``."""
+    with its statistics and a spatial train/val split (see the module docstring) that leaves at least
+    ``min_train_chips`` training chips if it can (on a small raster less than ``val_fraction`` then goes to
+    validation). Deterministic given ``seed``."""
     stride = stride or chip_size
     if chip_size <= 0 or stride <= 0:
         raise InputError(f"chip size ({chip_size}) and stride ({stride}) must be positive; pass e.g. 256 and 128")
@@ -311,11 +314,12 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
                          "labelled extent and nodata, or lower --chip-size")
     if val_fraction <= 0:
         return chips
-    for blocks_side in sorted({max(1, block_chips >> halving) for halving in range(block_chips.bit_length())},
-                              reverse=True):  # smaller blocks when the rasters hold too few
-        split = _split_by_blocks(chips, val_fraction, blocks_side * stride, seed)
-        if split:
-            return split
+    sides = sorted({max(1, block_chips >> halving) for halving in range(block_chips.bit_length())}, reverse=True)
+    for floor in sorted({max(1, min_train_chips), 1}, reverse=True):  # at least 1 training chip, failing more
+        for blocks_side in sides:  # smaller blocks when the rasters hold too few
+            split = _split_by_blocks(chips, val_fraction, blocks_side * stride, seed, floor)
+            if split:
+                return split
     raise InputError(f"only {len(chips)} chips: too few for a spatial train/validation split; add rasters, lower "
                      "--chip-size, or pass --val-fraction 0")
 
@@ -330,10 +334,10 @@ def _measure_chip(raster, number, row, col, size):
     return Chip(number, row, col, size, positives / pixels, valid / pixels, hard_negative)
 
 
-def _split_by_blocks(chips, val_fraction, block_px, seed):
+def _split_by_blocks(chips, val_fraction, block_px, seed, min_train_chips=1):
     """Whole blocks of chips (in seeded random order) go to validation until ``val_fraction`` of the chips are
-    there; training chips that overlap a validation chip are dropped. A block that would leave no training chip
-    is skipped; returns None if no block could go to validation."""
+    there; training chips that overlap a validation chip are dropped. A block that would leave fewer than
+    ``min_train_chips`` training chips is skipped; returns None if no block could go to validation."""
     blocks = {}
     for k, chip in enumerate(chips):
         blocks.setdefault((chip.raster, chip.row // block_px, chip.col // block_px), []).append(k)
@@ -350,7 +354,7 @@ def _split_by_blocks(chips, val_fraction, block_px, seed):
         for k in members:
             near |= (raster == chips[k].raster) & (np.abs(rows - chips[k].row) < size) & \
                 (np.abs(cols - chips[k].col) < size)
-        if (taken | near).all():
+        if (~(taken | near)).sum() < min_train_chips:
             continue
         is_val[members] = True
         taken |= near
@@ -586,7 +590,7 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
         rasters, polygons, extent, model_bands=model_bands, band_mapping=band_mapping, scale=scale, offset=offset,
         polygon_layer=polygon_layer, extent_layer=extent_layer, log=log)
     chips = build_chip_index(labelled, chip_size, stride, val_fraction=val_fraction, block_chips=block_chips,
-                             seed=seed)
+                             seed=seed, min_train_chips=batch_size)
     train_chips = select_chips([c for c in chips if c.split == "train"], max_chips, footprint_share=footprint_share,
                                hard_negative_weight=hard_negative_weight, seed=seed)
     val_chips = [c for c in chips if c.split == "val"]

@@ -194,6 +194,21 @@ def test_spatial_split_keeps_train_and_val_apart_and_is_deterministic(tmp_path):
     assert {(c.row, c.col) for c in other if c.split == "val"} != {(c.row, c.col) for c in val}
 
 
+def test_split_of_a_small_raster_leaves_a_batch_of_training_chips(tmp_path):
+    """An area of interest clipped around a mine: 3 x 3 chip places. Validation blocks that would leave fewer
+    training chips than a batch are passed over, so less than val_fraction goes to validation."""
+    raster = labelled_scene(tmp_path, size=128)
+    options = dict(chip_size=64, stride=32, val_fraction=0.2, seed=0)
+    greedy = build_chip_index([raster], **options)
+    chips = build_chip_index([raster], **options, min_train_chips=4)
+    train = [c for c in chips if c.split == "train"]
+    val = [c for c in chips if c.split == "val"]
+    assert sum(c.split == "train" for c in greedy) < 4 <= len(train) and val
+    for t in train:
+        assert all(abs(t.row - v.row) >= 64 or abs(t.col - v.col) >= 64 for v in val)
+    assert build_chip_index([raster], **options, min_train_chips=9) == greedy  # impossible: as without
+
+
 def test_too_few_chips_for_a_split_is_refused(tmp_path, utm_raster):
     polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 20, 10, 20)]))
     raster = label_raster(utm_raster, polygons, model_bands=DEFAULT_MODEL_BANDS)
