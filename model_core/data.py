@@ -315,7 +315,7 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
     if val_fraction <= 0:
         return chips
     sides = sorted({max(1, block_chips >> halving) for halving in range(block_chips.bit_length())}, reverse=True)
-    for floor in sorted({max(1, min_train_chips), 1}, reverse=True):  # at least 1 training chip, failing more
+    for floor in sorted({max(1, min_train_chips), 1}, reverse=True):  # min_train_chips if it can be, else 1
         for blocks_side in sides:  # smaller blocks when the rasters hold too few
             split = _split_by_blocks(chips, val_fraction, blocks_side * stride, seed, floor)
             if split:
