@@ -39,7 +39,8 @@ from model_core.bundle import load_bundle  # noqa: E402
 from model_core.infer import predict_raster  # noqa: E402
 from model_core.metrics import evaluate_mask_raster  # noqa: E402
 from model_core.synthetic import DomainShift, write_scene_set  # noqa: E402
-from model_core.train import STUDENT_METHODS, TEACHER_INIT, TrainConfig, finetune_student, train_teacher  # noqa: E402
+from model_core.train import (DISTILLING, STUDENT_METHODS, TEACHER_INIT, TrainConfig, finetune_student,  # noqa: E402
+                               train_teacher)
 
 METRICS = ("iou", "f1", "boundary_f1")
 TABLE_METHODS = ("coarse_only",) + tuple(m for m in ("fine_only", "finetune", "joint", "kd", "minec2f")
@@ -65,7 +66,6 @@ SETTINGS = {
     "quick": dict(coarse=6, fine=3, test=2, size=256, teacher=(8, 12), student=(3, 10), budgets=(8, 32), seeds=1),
 }
 CHIPS = dict(chip_size=128, stride=64, batch=8, patience=100)
-DISTILLING = ("kd", "minec2f")
 
 
 def predict_scene(bundle, image, prob_path, **options):
