@@ -334,7 +334,7 @@ def _measure_chip(raster, number, row, col, size):
     return Chip(number, row, col, size, positives / pixels, valid / pixels, hard_negative)
 
 
-def _split_by_blocks(chips, val_fraction, block_px, seed, min_train_chips=1):
+def _split_by_blocks(chips, val_fraction, block_px, seed, min_train_chips):
     """Whole blocks of chips (in seeded random order) go to validation until ``val_fraction`` of the chips are
     there; training chips that overlap a validation chip are dropped. A block that would leave fewer than
     ``min_train_chips`` training chips is skipped; returns None if no block could go to validation."""
