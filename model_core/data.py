@@ -23,7 +23,9 @@ A chip is a ``chip_size`` square window; chips step by ``stride`` and the last r
 with the raster edge. The train/validation split is by location: blocks of ``block_chips`` x ``block_chips``
 chip positions (smaller blocks if the rasters hold too few) go to validation whole, and training chips that
 overlap a validation chip are dropped (the buffer), so no pixel is seen in both splits. On a small raster, blocks
-that would leave fewer training chips than a batch stay in training.
+that would leave fewer training chips than a batch stay in training. When the seed's order of blocks would leave
+footprints badly shared (a scene with a few mines: all in validation, none, or most lost to the buffer), other
+seeded orders and smaller blocks are tried and the most balanced split is kept (:func:`footprint_balance`).
 """
 
 import csv
@@ -55,6 +57,11 @@ FOOTPRINT, BACKGROUND = 1, 0
 BARE_SWIR1_MIN = 0.25
 BARE_NDVI_MAX = 0.2
 HARD_NEGATIVE_MIN_BARE_FRACTION = 0.05
+
+# Spatial split: the seed's block order is kept unless footprint_balance is below BALANCED_SPLIT; then other
+# seeded orders and smaller blocks are tried, SPLIT_ORDERS orders per block size, and the most balanced is kept.
+BALANCED_SPLIT = 0.5
+SPLIT_ORDERS = 16
 _BARE_GROUND_BANDS = [Band("B04", 665.0), Band("B08", 842.0), Band("B11", 1610.0)]  # red, NIR, SWIR1
 
 _STRIP_ROWS = 256
@@ -316,12 +323,33 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
         return chips
     sides = sorted({max(1, block_chips >> halving) for halving in range(block_chips.bit_length())}, reverse=True)
     for floor in sorted({max(1, min_train_chips), 1}, reverse=True):  # min_train_chips if it can be, else 1
-        for blocks_side in sides:  # smaller blocks when the rasters hold too few
-            split = _split_by_blocks(chips, val_fraction, blocks_side * stride, seed, floor)
-            if split:
-                return split
+        candidates = []
+        for blocks_side in sides:  # smaller blocks when the rasters hold too few, or their footprints split badly
+            for order in range(SPLIT_ORDERS):
+                order_seed = [seed, order] if order else seed
+                split = _split_by_blocks(chips, val_fraction, blocks_side * stride, order_seed, floor)
+                if split is None:  # no block of this size can go to validation, in any order
+                    break
+                balance = footprint_balance(chips, split, val_fraction)
+                if balance >= BALANCED_SPLIT:
+                    return split
+                candidates.append((balance, split))
+        if candidates:
+            return max(candidates, key=lambda candidate: candidate[0])[1]  # the first of the most balanced
     raise InputError(f"only {len(chips)} chips: too few for a spatial train/validation split; add rasters, lower "
                      "--chip-size, or pass --val-fraction 0")
+
+
+def footprint_balance(chips, split, val_fraction):
+    """How fairly ``split`` (a subset of ``chips`` with their splits) shares the footprint pixels: the smaller of
+    (training share / (1 - val_fraction)) and (validation share / val_fraction), at most 1; 1 without footprints.
+    Low when validation holds nearly all footprints, or none, or when the buffer drops most of them."""
+    total = sum(c.positive_fraction for c in chips)
+    if total == 0:
+        return 1.0
+    train = sum(c.positive_fraction for c in split if c.split == "train") / total
+    val = sum(c.positive_fraction for c in split if c.split == "val") / total
+    return min(1.0, train / (1 - val_fraction), val / val_fraction)
 
 
 def _measure_chip(raster, number, row, col, size):

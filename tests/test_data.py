@@ -18,9 +18,9 @@ from rasterio.transform import from_origin
 
 from raster_files import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS
-from model_core.data import (IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset, build_chip_index,
-                             build_datasets, compute_band_stats, export_chips, label_raster, read_polygons,
-                             select_chips)
+from model_core.data import (BALANCED_SPLIT, IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset,
+                             _split_by_blocks, build_chip_index, build_datasets, compute_band_stats, export_chips,
+                             footprint_balance, label_raster, read_polygons, select_chips)
 from model_core.errors import Cancelled, InputError, OutputError
 from model_core.vectorize import write_polygons_gpkg
 
@@ -207,6 +207,29 @@ def test_split_of_a_small_raster_leaves_a_batch_of_training_chips(tmp_path):
     for t in train:
         assert all(abs(t.row - v.row) >= 64 or abs(t.col - v.col) >= 64 for v in val)
     assert build_chip_index([raster], **options, min_train_chips=9) == greedy  # impossible: as without
+
+
+def test_split_shares_the_footprints_between_train_and_val(tmp_path):
+    """Two mines on one scene: a block order that puts every footprint in validation (or none) is passed over for
+    one that leaves footprints on both sides, so the student trains on them and validation can measure it."""
+    raster = labelled_scene(tmp_path, size=256, boxes=((20, 60, 20, 60), (150, 200, 160, 210)))
+    options = dict(chip_size=32, stride=16, block_chips=4)
+    everything = build_chip_index([raster], **options, val_fraction=0)
+    shares = {seed: footprint_balance(everything, _split_by_blocks(everything, 0.2, 64, seed, 1), 0.2)
+              for seed in range(20)}
+    seed = min(shares, key=shares.get)
+    assert shares[seed] == 0  # the seed's own order gives one side no footprint at all
+    chips = build_chip_index([raster], **options, val_fraction=0.2, seed=seed)
+    assert footprint_balance(everything, chips, 0.2) >= BALANCED_SPLIT
+    assert any(c.is_footprint for c in chips if c.split == "val")
+    assert any(c.is_footprint for c in chips if c.split == "train")
+    train = [c for c in chips if c.split == "train"]
+    for t in train:
+        assert all(abs(t.row - v.row) >= 32 or abs(t.col - v.col) >= 32 for v in chips if v.split == "val")
+    balanced_seed = max(shares, key=shares.get)
+    assert shares[balanced_seed] >= BALANCED_SPLIT  # a balanced order is kept as it is
+    assert build_chip_index([raster], **options, val_fraction=0.2, seed=balanced_seed) == \
+        _split_by_blocks(everything, 0.2, 64, balanced_seed, 1)
 
 
 def test_too_few_chips_for_a_split_is_refused(tmp_path, utm_raster):
