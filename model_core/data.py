@@ -322,12 +322,13 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
     if val_fraction <= 0:
         return chips
     sides = sorted({max(1, block_chips >> halving) for halving in range(block_chips.bit_length())}, reverse=True)
+    overlaps = _chip_overlaps(chips)
     for floor in sorted({max(1, min_train_chips), 1}, reverse=True):  # min_train_chips if it can be, else 1
         candidates = []
         for blocks_side in sides:  # smaller blocks when the rasters hold too few, or their footprints split badly
             for order in range(SPLIT_ORDERS):
                 order_seed = [seed, order] if order else seed
-                split = _split_by_blocks(chips, val_fraction, blocks_side * stride, order_seed, floor)
+                split = _split_by_blocks(chips, overlaps, val_fraction, blocks_side * stride, order_seed, floor)
                 if split is None:  # no block of this size can go to validation, in any order
                     break
                 balance = footprint_balance(chips, split, val_fraction)
@@ -362,30 +363,46 @@ def _measure_chip(raster, number, row, col, size):
     return Chip(number, row, col, size, positives / pixels, valid / pixels, hard_negative)
 
 
-def _split_by_blocks(chips, val_fraction, block_px, seed, min_train_chips):
+def _chip_overlaps(chips):
+    """For each chip, the indices of the chips of its raster that share a pixel with it (itself included)."""
+    size = chips[0].size
+    index = {(c.raster, c.row, c.col): k for k, c in enumerate(chips)}
+    rows, cols = {}, {}
+    for c in chips:
+        rows.setdefault(c.raster, set()).add(c.row)
+        cols.setdefault(c.raster, set()).add(c.col)
+    rows = {r: np.array(sorted(v)) for r, v in rows.items()}
+    cols = {r: np.array(sorted(v)) for r, v in cols.items()}
+
+    def near(origins, at):
+        return origins[(origins > at - size) & (origins < at + size)]
+
+    return [[index[key] for row in near(rows[c.raster], c.row) for col in near(cols[c.raster], c.col)
+             if (key := (c.raster, row, col)) in index] for c in chips]
+
+
+def _split_by_blocks(chips, overlaps, val_fraction, block_px, seed, min_train_chips):
     """Whole blocks of chips (in seeded random order) go to validation until ``val_fraction`` of the chips are
-    there; training chips that overlap a validation chip are dropped. A block that would leave fewer than
-    ``min_train_chips`` training chips is skipped; returns None if no block could go to validation."""
+    there; training chips that overlap a validation chip (``overlaps``: :func:`_chip_overlaps`) are dropped. A
+    block that would leave fewer than ``min_train_chips`` training chips is skipped; returns None if no block
+    could go to validation."""
     blocks = {}
     for k, chip in enumerate(chips):
         blocks.setdefault((chip.raster, chip.row // block_px, chip.col // block_px), []).append(k)
     keys = sorted(blocks)
-    rows, cols = np.array([c.row for c in chips]), np.array([c.col for c in chips])
-    raster, size = np.array([c.raster for c in chips]), chips[0].size
     is_val = np.zeros(len(chips), dtype=bool)
     taken = np.zeros(len(chips), dtype=bool)  # validation chips and the training chips they overlap
+    val_count, free = 0, len(chips)
     for i in np.random.default_rng(seed).permutation(len(keys)):
-        if is_val.sum() >= val_fraction * len(chips):
+        if val_count >= val_fraction * len(chips):
             break
         members = blocks[keys[i]]
-        near = np.zeros(len(chips), dtype=bool)
-        for k in members:
-            near |= (raster == chips[k].raster) & (np.abs(rows - chips[k].row) < size) & \
-                (np.abs(cols - chips[k].col) < size)
-        if (~(taken | near)).sum() < min_train_chips:
+        near = {n for k in members for n in overlaps[k] if not taken[n]}
+        if free - len(near) < min_train_chips:
             continue
         is_val[members] = True
-        taken |= near
+        taken[list(near)] = True
+        val_count, free = val_count + len(members), free - len(near)
     if not is_val.any():
         return None
     return [replace(c, split="val") if is_val[k] else c for k, c in enumerate(chips) if is_val[k] or not taken[k]]

@@ -19,8 +19,9 @@ from rasterio.transform import from_origin
 from raster_files import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS
 from model_core.data import (BALANCED_SPLIT, IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset,
-                             _split_by_blocks, build_chip_index, build_datasets, compute_band_stats, export_chips,
-                             footprint_balance, label_raster, read_polygons, select_chips)
+                             _chip_overlaps, _split_by_blocks, build_chip_index, build_datasets,
+                             compute_band_stats, export_chips, footprint_balance, label_raster, read_polygons,
+                             select_chips)
 from model_core.errors import Cancelled, InputError, OutputError
 from model_core.vectorize import write_polygons_gpkg
 
@@ -215,7 +216,8 @@ def test_split_shares_the_footprints_between_train_and_val(tmp_path):
     raster = labelled_scene(tmp_path, size=256, boxes=((20, 60, 20, 60), (150, 200, 160, 210)))
     options = dict(chip_size=32, stride=16, block_chips=4)
     everything = build_chip_index([raster], **options, val_fraction=0)
-    shares = {seed: footprint_balance(everything, _split_by_blocks(everything, 0.2, 64, seed, 1), 0.2)
+    overlaps = _chip_overlaps(everything)
+    shares = {seed: footprint_balance(everything, _split_by_blocks(everything, overlaps, 0.2, 64, seed, 1), 0.2)
               for seed in range(20)}
     seed = min(shares, key=shares.get)
     assert shares[seed] == 0  # the seed's own order gives one side no footprint at all
@@ -229,7 +231,7 @@ def test_split_shares_the_footprints_between_train_and_val(tmp_path):
     balanced_seed = max(shares, key=shares.get)
     assert shares[balanced_seed] >= BALANCED_SPLIT  # a balanced order is kept as it is
     assert build_chip_index([raster], **options, val_fraction=0.2, seed=balanced_seed) == \
-        _split_by_blocks(everything, 0.2, 64, balanced_seed, 1)
+        _split_by_blocks(everything, overlaps, 0.2, 64, balanced_seed, 1)
 
 
 def test_too_few_chips_for_a_split_is_refused(tmp_path, utm_raster):
