@@ -654,11 +654,13 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
         "block_chips": block_chips, "seed": seed, "max_chips": max_chips,
         "train_chips": len(train_chips), "train_footprint_chips": int(footprint_chips),
         "train_hard_negatives": int(sum(c.hard_negative for c in train_chips)), "val_chips": len(val_chips),
+        "val_footprint_chips": int(sum(c.is_footprint for c in val_chips)),
         "radiometry": [r.radiometry_reason for r in labelled],
     }
     if log:
         log(f"{len(train_chips)} training chips ({footprint_chips} with footprints, "
-            f"{summary['train_hard_negatives']} hard negatives), {len(val_chips)} validation chips")
+            f"{summary['train_hard_negatives']} hard negatives), {len(val_chips)} validation chips "
+            f"({summary['val_footprint_chips']} with footprints)")
     all_train_chips = [c for c in chips if c.split == "train"]
     return TrainingData(
         imagery=ChipDataset(labelled, all_train_chips, mean, std, augment=augment, seed=seed + 1),
