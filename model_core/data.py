@@ -57,12 +57,12 @@ FOOTPRINT, BACKGROUND = 1, 0
 BARE_SWIR1_MIN = 0.25
 BARE_NDVI_MAX = 0.2
 HARD_NEGATIVE_MIN_BARE_FRACTION = 0.05
+_BARE_GROUND_BANDS = [Band("B04", 665.0), Band("B08", 842.0), Band("B11", 1610.0)]  # red, NIR, SWIR1
 
 # Spatial split: the seed's block order is kept unless footprint_balance is below BALANCED_SPLIT; then other
 # seeded orders and smaller blocks are tried, SPLIT_ORDERS orders per block size, and the most balanced is kept.
 BALANCED_SPLIT = 0.5
 SPLIT_ORDERS = 16
-_BARE_GROUND_BANDS = [Band("B04", 665.0), Band("B08", 842.0), Band("B11", 1610.0)]  # red, NIR, SWIR1
 
 _STRIP_ROWS = 256
 
