@@ -2,8 +2,8 @@
 landscape (3 mines each), IoU on scene B of the bundled model and of students fine-tuned with the command line's
 defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-scenes``).
 
-    .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--rehearsal 0 4] [--seed 0] [--pairs NAME ...]
-        [--work DIR] [--workers 2]
+    .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--rehearsal 0 4] [--seed 0] [--method minec2f]
+        [--pairs NAME ...] [--work DIR] [--workers 2]
 
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
 share a strong shift the bundled model never saw (per-band gain 0.75-1.3, haze, winter or dry season, brighter or
@@ -69,23 +69,24 @@ def iou_on(bundle_path, scene, out):
     return scores[threshold], scores[0.85], threshold
 
 
-def run_pair(name, work, epochs, rehearsals, seed):
+def run_pair(name, work, epochs, rehearsals, seed, method):
     """{model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds)} for one pair."""
     os.environ["MINEC2F_THREADS"] = "1"
     scene_a, scene_b = write_pair(name, work)
     folder = work / name
     rows = {"bundled model": (*iou_on(paths.DEFAULT_MODEL, scene_b, folder / "bundled"), 0.0)}
+    label = "student" if method == "minec2f" else method
     for rehearsal in rehearsals:
-        student = folder / f"student_rehearsal{rehearsal}.safetensors"
+        student = folder / f"{label}_rehearsal{rehearsal}.safetensors"
         started = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "model_core", "finetune", "--teacher", str(paths.DEFAULT_MODEL),
                               "--raster", str(scene_a["image"]), "--polygons", str(scene_a["fine_polygons"]),
                               "--epochs", str(epochs), "--rehearsal-scenes", str(rehearsal), "--seed", str(seed),
-                              "--out", str(student), "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+                              "--method", method, "--out", str(student), "--overwrite"], cwd=ROOT, capture_output=True, text=True)
         if run.returncode:
             raise RuntimeError(f"fine-tuning on {name} failed: {run.stderr.strip()[-2000:]}")
         seconds = time.perf_counter() - started
-        rows[f"student, {rehearsal} rehearsal scenes"] = (*iou_on(student, scene_b, folder / student.stem), seconds)
+        rows[f"{label}, {rehearsal} rehearsal scenes"] = (*iou_on(student, scene_b, folder / student.stem), seconds)
     return name, rows
 
 
@@ -94,6 +95,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rehearsal", type=int, nargs="+", default=[0, 4], help="rehearsal scenes of the students")
     parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the CLI's --seed)")
+    parser.add_argument("--method", default="minec2f", help="the students' method (the CLI's --method)")
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=list(PAIRS))
     parser.add_argument("--work", help="keep scenes and students here (default: a temporary folder)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pairs at once, one thread each")
@@ -104,10 +106,10 @@ def main():
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = dict(pool.map(run_pair, args.pairs, [work] * len(args.pairs),
                                     [args.epochs] * len(args.pairs), [args.rehearsal] * len(args.pairs),
-                                    [args.seed] * len(args.pairs)))
+                                    [args.seed] * len(args.pairs), [args.method] * len(args.pairs)))
     models = list(next(iter(results.values())))
-    print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs with the CLI defaults, seed "
-          f"{args.seed}; "
+    print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs with the CLI defaults, method "
+          f"{args.method}, seed {args.seed}; "
           f"{(time.perf_counter() - started) / 60:.1f} min, {args.workers} pairs at once")
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
     for name, rows in results.items():
