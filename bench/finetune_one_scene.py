@@ -82,7 +82,8 @@ def run_pair(name, work, epochs, rehearsals, seed, method):
         run = subprocess.run([sys.executable, "-m", "model_core", "finetune", "--teacher", str(paths.DEFAULT_MODEL),
                               "--raster", str(scene_a["image"]), "--polygons", str(scene_a["fine_polygons"]),
                               "--epochs", str(epochs), "--rehearsal-scenes", str(rehearsal), "--seed", str(seed),
-                              "--method", method, "--out", str(student), "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+                              "--method", method, "--out", str(student), "--overwrite"],
+                             cwd=ROOT, capture_output=True, text=True)
         if run.returncode:
             raise RuntimeError(f"fine-tuning on {name} failed: {run.stderr.strip()[-2000:]}")
         seconds = time.perf_counter() - started
