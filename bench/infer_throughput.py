@@ -5,7 +5,7 @@ writes the probabilities at the end - what a first script would do. Both include
 writing a uint8 probability GeoTIFF. Prints km²/s, tiles/s and the speed ratio.
 
     python bench/infer_throughput.py [--model BUNDLE] [--size 2048] [--tile N] [--overlap N] [--batch N]\
-        [--workers N] [--threads N] [--repeats 3]
+        [--workers N] [--threads N] [--repeats 3] [--precision auto|float32]
 
 The engine fits its tiles to the raster (at most --tile px, see model_core.infer.fitted_tile_size) and batches
 tiles as the device does by default (1 on the CPU) unless --batch is given; on the CPU it runs two model calls at
@@ -31,7 +31,7 @@ from model_core import paths  # noqa: E402
 from model_core.bands import RasterBandInfo, match_bands, resolve_radiometry  # noqa: E402
 from model_core.bundle import load_bundle  # noqa: E402
 from model_core.device import inference_workers, resolve_device  # noqa: E402
-from model_core.infer import TileGrid, predict_raster  # noqa: E402
+from model_core.infer import PRECISIONS, TileGrid, cpu_has_native_bf16, predict_raster  # noqa: E402
 from model_core.rasters import encode_probability, probability_profile  # noqa: E402
 
 
@@ -71,6 +71,8 @@ def main():
                         help="engine model calls at once (default: model_core.device.inference_workers)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the best time counts")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="engine precision (auto: bfloat16 on CPUs with native BF16; the naive loop: float32)")
     args = parser.parse_args()
     if args.threads:
         os.environ["MINEC2F_THREADS"] = str(args.threads)
@@ -93,19 +95,20 @@ def main():
             start = time.perf_counter()
             predict_raster(raster, bundle, Path(tmp) / "engine.tif", device="cpu", tile=args.tile,
                            overlap=args.overlap, batch=args.batch, workers=args.workers, band_index=band_index,
-                           radiometry=radiometry)
+                           radiometry=radiometry, precision=args.precision)
             engine_s = min(engine_s, time.perf_counter() - start)
         grid = TileGrid.over(args.size, args.size, args.tile, args.overlap, bundle.net.stride)
         engine_tiles, engine_tile = len(grid), grid.tile_width
 
     print(f"model {bundle.spec.name} ({bundle.spec.encoder}), raster {args.size}x{args.size} px x 12 bands "
           f"= {km2:.1f} km², torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    print(f"{'':38}{'seconds':>9}{'km²/s':>9}{'tiles':>7}{'tiles/s':>9}")
+    print(f"{'':46}{'seconds':>9}{'km²/s':>9}{'tiles':>7}{'tiles/s':>9}")
     workers = args.workers or inference_workers(resolve_device("cpu"))
-    engine = f"engine ({engine_tile} px, overlap {args.overlap}, {workers} at once)"
-    print(f"{'naive (no overlap, 1 tile)':38}{naive_s:9.2f}{km2 / naive_s:9.2f}{naive_tiles:7d}"
+    bf16 = args.precision == "auto" and cpu_has_native_bf16()
+    engine = f"engine ({engine_tile} px, overlap {args.overlap}, {workers} at once{', bf16' if bf16 else ''})"
+    print(f"{'naive (no overlap, 1 tile, float32)':46}{naive_s:9.2f}{km2 / naive_s:9.2f}{naive_tiles:7d}"
           f"{naive_tiles / naive_s:9.2f}")
-    print(f"{engine:38}{engine_s:9.2f}{km2 / engine_s:9.2f}"
+    print(f"{engine:46}{engine_s:9.2f}{km2 / engine_s:9.2f}"
           f"{engine_tiles:7d}{engine_tiles / engine_s:9.2f}")
     print(f"engine / naive throughput (km²/s): {naive_s / engine_s:.2f}x")
 
