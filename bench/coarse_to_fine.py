@@ -68,12 +68,14 @@ SETTINGS = {
 CHIPS = dict(chip_size=128, stride=64, batch=8, patience=100)
 
 
-def predict_scene(bundle, image, prob_path, **options):
-    """``bundle``'s probabilities over ``image`` on the CPU, bands matched and radiometry read from the file."""
+def predict_scene(bundle, image, prob_path, precision="float32", **options):
+    """``bundle``'s probabilities over ``image`` on the CPU, bands matched and radiometry read from the file; in
+    float32 by default, so that a table does not depend on the CPU's bfloat16 (bench/precision.py compares)."""
     with rasterio.open(image) as src:
         band_index = match_bands(RasterBandInfo.from_dataset(src), bundle.spec.band_list())
         radiometry, _ = resolve_radiometry(src)
-    predict_raster(image, bundle, prob_path, device="cpu", band_index=band_index, radiometry=radiometry, **options)
+    predict_raster(image, bundle, prob_path, device="cpu", band_index=band_index, radiometry=radiometry,
+                   precision=precision, **options)
 
 
 def score(bundle_path, test_scenes):
