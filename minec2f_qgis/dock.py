@@ -14,7 +14,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupB
                                  QVBoxLayout, QWidget)
 
 from . import dependencies, models
-from .algorithms.common import DEVICES, layer_file
+from .algorithms.common import DEVICES, in_parameter_terms, layer_file
 from .algorithms.finetune_student import FinetuneStudentAlgorithm
 from .layers import add_results
 from .models import available_models, model_card
@@ -231,7 +231,8 @@ class MineC2FDock(QgsDockWidget):
                 matched = match_bands(RasterBandInfo.from_dataset(src), entry.spec.band_list())
             self.band_status.setText("Matched automatically; change a row to override.")
         except (QgsProcessingException, MineC2FError, rasterio.errors.RasterioIOError) as error:
-            self.band_status.setText(f"<span style='color:#b00'>{error}</span>")
+            message = in_parameter_terms(str(error), {"--bands": "choose them in the table above"})
+            self.band_status.setText(f"<span style='color:#b00'>{message}</span>")
         for row, (band, index) in enumerate(zip(entry.spec.band_list(), matched)):
             self.band_table.insertRow(row)
             self.band_table.setCellWidget(row, 0, QLabel(f" {band.name} ({band.wavelength_nm:g} nm)"))

@@ -203,7 +203,8 @@ def _mismatch_message(info, known, model_bands, missing, source):
     example = ",".join(f"{b.name}={i}" for i, b in enumerate(model_bands, start=1))
     return (f"the raster lacks band{'s' if len(missing) > 1 else ''} "
             f"{', '.join(f'{b.name} ({b.wavelength_nm:g} nm)' for b in missing)} that the model needs; {what}; "
-            f"give a band mapping (--bands {example}, with your raster's band numbers) or a raster with those bands")
+            f"give a band mapping such as {example} with your raster's band numbers (--bands), or a raster with "
+            f"those bands")
 
 
 def _mapping_key(name):
@@ -258,7 +259,7 @@ def resolve_radiometry(src, explicit_scale=None, explicit_offset=None, sample=No
     if scales != {1.0} or offsets != {0.0}:
         if len(scales) > 1 or len(offsets) > 1:
             raise InputError(f"{_name(src)} has a different scale/offset per band ({sorted(scales)}, "
-                             f"{sorted(offsets)}); give one with --scale/--offset")
+                             f"{sorted(offsets)}); give one scale and offset for all bands (--scale, --offset)")
         return Radiometry(float(scales.pop()), float(offsets.pop())), "the raster's scale/offset metadata"
     tags = {k.upper(): v for k, v in src.tags().items()}
     tags.update({k.upper(): v for k, v in src.tags(1).items() if k.upper() not in tags})
@@ -285,7 +286,7 @@ def _guess(src, sample):
     if darkest >= L2A_OFFSET_DN and high > 1500:
         return (Radiometry(1e-4, -L2A_OFFSET_DN * 1e-4),
                 f"reflectance x 10000 with the Sentinel-2 L2A +{L2A_OFFSET_DN} DN offset (no pixel darker than "
-                f"{darkest:.0f} DN in any band; say --offset 0 if the raster has no offset)")
+                f"{darkest:.0f} DN in any band; set the offset to 0 (--offset) if the raster has none)")
     return Radiometry(1e-4, 0.0), "reflectance x 10000 (values up to ~10000)"
 
 

@@ -131,6 +131,9 @@ def _add_training_arguments(parser, run_defaults):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band")
+    for flag, metavar in (("--scale", "S"), ("--offset", "O")):
+        parser.add_argument(flag, type=float, metavar=metavar,
+                            help="reflectance = DN * S + O for every --raster (default: from each raster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -178,8 +181,8 @@ def _training_call(args):
             fields[name] = getattr(args, name)
     return TrainConfig(**fields), {
         "extent": args.extent, "band_mapping": parse_band_mapping(args.bands) if args.bands else None,
-        "overwrite": args.overwrite, "resume": args.resume, "progress": _ProgressPrinter(),
-        "log": lambda message: print(message, file=sys.stderr)}
+        "scale": args.scale, "offset": args.offset, "overwrite": args.overwrite, "resume": args.resume,
+        "progress": _ProgressPrinter(), "log": lambda message: print(message, file=sys.stderr)}
 
 
 def _report_training(result):

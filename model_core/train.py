@@ -309,7 +309,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
                 if is_canceled():
                     kept = f"the best model so far is in {out.name}" if state["best_epoch"] else "no model was written"
                     raise Cancelled(f"training cancelled in epoch {epoch}; {kept}, and the run resumes from "
-                                    f"{checkpoint.name} with --resume (Resume in QGIS)")
+                                    f"{checkpoint.name} with --resume")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
                 extra = info.to_device(next(imagery)["image"]) if imagery is not None else None
                 with info.autocast():
@@ -471,16 +471,17 @@ def _datasets(config, rasters, polygons, bands, **options):
 
 
 def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(method="coarse_only"),
-                  bands=DEFAULT_MODEL_BANDS, band_mapping=None, overwrite=False, resume=False, progress=None,
-                  is_canceled=None, log=None):
-    """Train a teacher on (coarse) ``polygons`` over ``rasters``; writes the bundle ``out``."""
+                  bands=DEFAULT_MODEL_BANDS, band_mapping=None, scale=None, offset=None, overwrite=False, resume=False,
+                  progress=None, is_canceled=None, log=None):
+    """Train a teacher on (coarse) ``polygons`` over ``rasters``; writes the bundle ``out``. ``scale``/``offset``:
+    reflectance = DN * scale + offset for every raster (default: each raster's metadata or detected)."""
     config = replace(config, method="coarse_only")
     config.check()
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
     info = _training_device(config, log, "training")
     data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
-                     max_chips=config.max_chips, band_mapping=band_mapping, log=log)
+                     max_chips=config.max_chips, band_mapping=band_mapping, scale=scale, offset=offset, log=log)
     torch.manual_seed(config.seed)
     net = build_net(config.architecture, config.encoder, len(bands), config.encoder_depth, config.decoder_channels)
     spec = _spec(config, Path(out).stem, "teacher", bands, data)
@@ -489,11 +490,12 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
 
 
 def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
-                     config=TrainConfig(**defaults.STUDENT), coarse=None, band_mapping=None, overwrite=False,
-                     resume=False, progress=None, is_canceled=None, log=None):
+                     config=TrainConfig(**defaults.STUDENT), coarse=None, band_mapping=None, scale=None, offset=None,
+                     overwrite=False, resume=False, progress=None, is_canceled=None, log=None):
     """Fine-tune a student from the teacher bundle on precise ``polygons``; writes the bundle ``out``.
 
-    ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only.
+    ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only. ``scale``/``offset``:
+    as for :func:`train_teacher`.
     """
     if config.method == "coarse_only":
         raise InputError("method coarse_only is the teacher itself; use `train` for it")
@@ -509,7 +511,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
         data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
-                         max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, log=log)
+                         max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale, offset=offset,
+                         log=log)
     except BandMismatchError as error:
         raise BandMismatchError(f"the teacher {Path(teacher_path).name} needs bands the raster lacks: {error}") \
             from error

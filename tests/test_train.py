@@ -226,11 +226,13 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
 
     images, polygons = domains["fine"]
     args = ["finetune", "--teacher", str(teacher.bundle_path), "--polygons", str(polygons), "--epochs", "1",
-            "--chip-size", "64", "--out", str(tmp_path / "cli.safetensors")]
+            "--chip-size", "64", "--scale", "0.0001", "--out", str(tmp_path / "cli.safetensors")]
     for image in images:
         args += ["--raster", str(image)]
     assert main(args) == 0
-    assert load_bundle(tmp_path / "cli.safetensors").spec.role == "student"
+    spec = load_bundle(tmp_path / "cli.safetensors").spec
+    assert spec.role == "student"
+    assert spec.training["radiometry"] == ["given"] * len(images)  # --scale for every raster, offset still detected
     assert "model:" in capsys.readouterr().out
     assert main(args) == 1  # exists: refused, one line
     assert capsys.readouterr().err.startswith("error: ")

@@ -1,23 +1,33 @@
 """What the MineC2F Processing algorithms share: the base class (icon, dependency gate), engine errors as
 Processing errors, and input layers as files for the engine."""
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from qgis.core import (QgsCoordinateTransformContext, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingUtils, QgsVectorFileWriter)
+                       QgsProcessingParameterDefinition, QgsProcessingParameterNumber, QgsProcessingUtils,
+                       QgsVectorFileWriter)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import missing_message, missing_requirements
 from ..resources import ICON_PATH
 
 DEVICES = [("auto", "Auto (GPU if available, else CPU)"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]
+RADIOMETRY_HELP = """<b>Reflectance scale / offset</b> (advanced): reflectance = DN x scale + offset. Not set: read \
+from the raster's metadata or detected (Sentinel-2 L2A with the +1000 DN offset of processing baseline 04.00 and \
+later is recognised); the log says which. Set them when the log's guess is wrong, e.g. offset 0 for a bright scene \
+that has no offset."""
 
 
 class MineC2FAlgorithm(QgsProcessingAlgorithm):
     """Base of the MineC2F algorithms. Parameter checks fail first with the pip command when the engine's
-    packages are missing, so the algorithms stay listed (and explain themselves) in any QGIS."""
+    packages are missing, so the algorithms stay listed (and explain themselves) in any QGIS. ``ENGINE_OPTIONS``
+    maps the command-line options that engine messages name to this algorithm's parameters."""
     BANDS = "BANDS"
+    SCALE = "SCALE"
+    OFFSET = "OFFSET"
+    ENGINE_OPTIONS = {"--bands": BANDS}
 
     def icon(self):
         return QIcon(str(ICON_PATH))
@@ -46,8 +56,12 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         missing = missing_requirements()
         if missing:
             raise QgsProcessingException(missing_message(missing))
-        with engine_errors():
+        with engine_errors(self.ENGINE_OPTIONS):
             return self.process(parameters, context, feedback)
+
+    def engine_log(self, feedback):
+        """A log callback for the engine: its lines in the Processing log, options named as parameters."""
+        return lambda message: feedback.pushInfo(in_parameter_terms(message, self.ENGINE_OPTIONS))
 
     def process(self, parameters, context, feedback):
         """The algorithm's work, with the engine's packages known to be present."""
@@ -66,16 +80,45 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         except InputError as error:
             raise QgsProcessingException(f"{self.BANDS}: {error}") from error
 
+    def radiometry_parameters(self):
+        """Optional advanced SCALE and OFFSET (reflectance = DN x scale + offset; not set: from the raster)."""
+        parameters = []
+        for name, label in ((self.SCALE, "Reflectance scale (not set: from the raster)"),
+                            (self.OFFSET, "Reflectance offset (not set: from the raster)")):
+            parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
+                                                     optional=True)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            parameters.append(parameter)
+        return parameters
+
+    def radiometry(self, parameters, context):
+        """{"scale": ..., "offset": ...} for the engine, None where not set (read from the raster)."""
+        return {"scale": self.optional_number(parameters, self.SCALE, context, float),
+                "offset": self.optional_number(parameters, self.OFFSET, context, float)}
+
+    def optional_number(self, parameters, name, context, kind):
+        """Parameter ``name`` as ``kind``, or None when it is not set (the engine then chooses)."""
+        if parameters.get(name) in (None, ""):
+            return None
+        return kind(self.parameterAsDouble(parameters, name, context))
+
+
+def in_parameter_terms(message, options):
+    """An engine ``message`` with the command-line options it names (``--bands`` ...) named as what ``options``
+    maps them to (``BANDS`` ...); options it does not map keep their name."""
+    return re.sub(r"(?<![\w-])--[a-z][a-z-]*", lambda match: options.get(match.group(0), match.group(0)), message)
+
 
 @contextmanager
-def engine_errors():
-    """Re-raise model_core errors (one line naming problem and fix) as QgsProcessingException."""
+def engine_errors(options):
+    """Re-raise model_core errors (one line naming problem and fix) as QgsProcessingException, with the
+    command-line options they name given as ``options`` maps them (see :func:`in_parameter_terms`)."""
     from model_core.errors import MineC2FError
 
     try:
         yield
     except MineC2FError as error:
-        raise QgsProcessingException(str(error)) from error
+        raise QgsProcessingException(in_parameter_terms(str(error), options)) from error
 
 
 def layer_file(layer, parameter):

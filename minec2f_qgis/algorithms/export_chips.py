@@ -27,6 +27,7 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
     STRIDE = "STRIDE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     CHIP_COUNT = "CHIP_COUNT"
+    ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, "--stride": STRIDE, "--out-dir": OUTPUT_FOLDER}
 
     def name(self):
         return "export_chips"
@@ -67,5 +68,5 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
         result = export_chips(
             self.rasters, self.polygons, self.output_folder(parameters, context), extent=self.extent,
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context), stride=stride, overwrite=True,
-            progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+            progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=self.engine_log(feedback))
         return {self.OUTPUT_FOLDER: result.out_dir, self.CHIP_COUNT: result.train_count + result.val_count}

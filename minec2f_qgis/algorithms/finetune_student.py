@@ -41,6 +41,9 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
     LAMBDA_PRED = "LAMBDA_PRED"
     TEMPERATURE = "TEMPERATURE"
     REHEARSAL_SCENES = "REHEARSAL_SCENES"
+    ENGINE_OPTIONS = {**TrainingAlgorithm.ENGINE_OPTIONS, "--teacher": TEACHER, "--method": METHOD,
+                      "--lambda-feat": LAMBDA_FEAT, "--lambda-pred": LAMBDA_PRED, "--temperature": TEMPERATURE,
+                      "--rehearsal-scenes": REHEARSAL_SCENES}
     POLYGONS_LABEL = "Precise footprint polygons"
     DEFAULTS = defaults.STUDENT
 

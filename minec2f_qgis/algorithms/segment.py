@@ -9,7 +9,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
-from .common import DEVICES, MineC2FAlgorithm, layer_file
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, layer_file
 
 HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
 scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
@@ -20,6 +20,7 @@ needs blue, green, red, NIR, SWIR1, SWIR2), saved as a file (GeoTIFF, VRT, ...).
 <b>Band mapping</b>: which raster band feeds each model band, e.g. <code>B02=1,B03=2,B04=3,B08=4,B11=5,B12=6</code>. \
 Empty: bands are matched by their descriptions (B02, Blue, SR_B2, ...) or by the standard Sentinel-2 / Landsat band \
 order.
+""" + RADIOMETRY_HELP + """
 <b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one, else the CPU.
 <b>Probability threshold</b>: pixels at or above it become footprint (0-1). Lower finds more, with more false \
 alarms. Not set: the model's recommended value.
@@ -49,6 +50,10 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     OUTPUT_FOOTPRINTS = "OUTPUT_FOOTPRINTS"
     FOOTPRINT_COUNT = "FOOTPRINT_COUNT"
     TOTAL_AREA_HA = "TOTAL_AREA_HA"
+    ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, "--scale": MineC2FAlgorithm.SCALE,
+                      "--offset": MineC2FAlgorithm.OFFSET, "--model": MODEL, "--device": DEVICE, "--tile": TILE_SIZE,
+                      "--overlap": OVERLAP, "--threshold": THRESHOLD, "--min-area-ha": MIN_AREA_HA,
+                      "--bounds": EXTENT}
 
     def name(self):
         return "segment"
@@ -68,6 +73,8 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             self.MODEL, "Model bundle (empty: the bundled model)", extension="safetensors", optional=True))
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, "Band mapping, e.g. B02=1,B03=2,... (empty: automatic)", optional=True))
+        for parameter in self.radiometry_parameters():
+            self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=[label for _, label in DEVICES], defaultValue=0))
         self.addParameter(QgsProcessingParameterNumber(
@@ -118,13 +125,14 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             input_path, model, outputs[self.OUTPUT_PROBABILITY], outputs[self.OUTPUT_MASK],
             outputs[self.OUTPUT_FOOTPRINTS],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
-            tile=self._optional_number(parameters, self.TILE_SIZE, context, int),
-            overlap=self._optional_number(parameters, self.OVERLAP, context, int),
-            threshold=self._optional_number(parameters, self.THRESHOLD, context, float),
-            min_area_ha=self._optional_number(parameters, self.MIN_AREA_HA, context, float),
-            band_mapping=self.band_mapping(parameters, context), bounds=bounds,
+            tile=self.optional_number(parameters, self.TILE_SIZE, context, int),
+            overlap=self.optional_number(parameters, self.OVERLAP, context, int),
+            threshold=self.optional_number(parameters, self.THRESHOLD, context, float),
+            min_area_ha=self.optional_number(parameters, self.MIN_AREA_HA, context, float),
+            band_mapping=self.band_mapping(parameters, context), **self.radiometry(parameters, context),
+            bounds=bounds,
             overwrite=True,  # Processing's file dialogs already asked; temporary outputs are fresh names
-            progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+            progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=self.engine_log(feedback))
         feedback.pushInfo(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha "
                           f"(device: {result.device_name})")
         for name, style in ((self.OUTPUT_PROBABILITY, PROBABILITY_STYLE), (self.OUTPUT_FOOTPRINTS, FOOTPRINTS_STYLE)):
@@ -132,13 +140,6 @@ class SegmentAlgorithm(MineC2FAlgorithm):
         return {self.OUTPUT_PROBABILITY: str(result.prob_path), self.OUTPUT_MASK: str(result.mask_path),
                 self.OUTPUT_FOOTPRINTS: str(result.footprints_path),
                 self.FOOTPRINT_COUNT: result.footprint_count, self.TOTAL_AREA_HA: result.total_area_ha}
-
-    def _optional_number(self, parameters, name, context, kind):
-        """The parameter as ``kind``, or None when it is not set (the engine then uses the model's value)."""
-        if parameters.get(name) in (None, ""):
-            return None
-        value = self.parameterAsDouble(parameters, name, context)
-        return kind(value)
 
     def _output_path(self, parameters, name, context, suffixes):
         """The destination file of output ``name``; the engine writes GeoTIFF and GeoPackage files only."""

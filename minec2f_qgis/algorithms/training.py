@@ -11,7 +11,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
 
 from model_core import defaults
 
-from .common import DEVICES, MineC2FAlgorithm, layer_file, vector_file
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, layer_file, vector_file
 
 INPUTS_HELP = """<b>Rasters</b>: one or more multispectral scenes saved as files (GeoTIFF, VRT, ...), any CRS.
 <b>{polygons}</b>: footprint polygons, any CRS (reprojected to each raster). A filtered layer, one layer of a \
@@ -27,6 +27,7 @@ polygons give too few chips. <b>Chip size</b>: square training windows in pixels
 <b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one; on a CPU expect minutes per epoch.
 <b>Band mapping</b> (advanced): raster band for each model band, e.g. <code>B02=1,B03=2,...</code>, for all \
 rasters. Empty: matched by band descriptions or standard band orders.
+""" + RADIOMETRY_HELP + """ They apply to every raster.
 <b>Resume</b>: continue a cancelled or failed run writing the same model file, from the checkpoint \
 <i>model</i>.resume.safetensors saved after each epoch.
 <h3>Outputs</h3>
@@ -49,6 +50,8 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
     EXTENT = "EXTENT"
     CHIP_SIZE = "CHIP_SIZE"
     POLYGONS_LABEL = "Footprint polygons"
+    ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, "--raster": RASTERS, "--polygons": POLYGONS,
+                      "--extent": EXTENT, "--chip-size": CHIP_SIZE}
     DEFAULTS = defaults.TEACHER  # epochs, batch, lr, chip_size: as the command line's
 
     def add_data_parameters(self):
@@ -97,6 +100,9 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     BEST_EPOCH = "BEST_EPOCH"
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
+    ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, "--epochs": EPOCHS, "--batch": BATCH,
+                      "--lr": LEARNING_RATE, "--device": DEVICE, "--resume": RESUME, "--out": OUTPUT_MODEL,
+                      "--scale": MineC2FAlgorithm.SCALE, "--offset": MineC2FAlgorithm.OFFSET}
 
     def method_parameters(self):
         """Parameters of this kind of training, added after the labelled data."""
@@ -127,6 +133,8 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
                                              optional=True)
         bands.setFlags(bands.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(bands)
+        for parameter in self.radiometry_parameters():
+            self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESUME, "Resume an interrupted run of this model file", defaultValue=False))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -166,9 +174,10 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             **self.method_config(parameters, context))
         result = self.train(
             parameters, context, self.rasters, self.polygons, out, extent=self.extent, config=config,
-            band_mapping=self.band_mapping(parameters, context),
+            band_mapping=self.band_mapping(parameters, context), **self.radiometry(parameters, context),
             overwrite=True,  # Processing's file dialog already asked; temporary outputs are fresh names
-            resume=resume, progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=feedback.pushInfo)
+            resume=resume, progress=feedback.setProgress, is_canceled=feedback.isCanceled,
+            log=self.engine_log(feedback))
         metrics = read_spec(result.bundle_path).metrics
         feedback.pushInfo(f"best epoch {result.best_epoch}: validation IoU {metrics['val_iou']:.3f}, "
                           f"F1 {metrics['val_f1']:.3f}; model {result.bundle_path}")

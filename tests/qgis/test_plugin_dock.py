@@ -85,6 +85,6 @@ def test_unmatched_bands_are_explained_and_must_be_chosen(dock, make_raster):
     layer = QgsRasterLayer(str(make_raster("plain.tif", np.ones((3, 32, 32), dtype=np.uint16))), "Plain")
     QgsProject.instance().addMapLayer(layer)
     dock.layer_box.setLayer(layer)
-    assert "B02" in dock.band_status.text()
+    assert "B02" in dock.band_status.text() and "(choose them in the table above)" in dock.band_status.text()
     dock.run_button.click()
     assert "choose the raster band for model band B02" in dock.status.text() and dock.task is None

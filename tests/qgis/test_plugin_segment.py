@@ -91,8 +91,33 @@ def test_vector_input_is_refused(plugin, tmp_path, constant_bundle_path):
 
 def test_one_band_raster_names_the_missing_bands(plugin, make_raster, constant_bundle_path):
     one_band = make_raster("one_band.tif", np.full((32, 32), 1500, dtype=np.uint16))
-    with pytest.raises(QgsProcessingException, match="B03"):
+    with pytest.raises(QgsProcessingException, match="B03") as failure:
         run_segment(INPUT=str(one_band), MODEL=str(constant_bundle_path))
+    # the fix is named as this algorithm's parameter, not as the command line's option
+    assert "band mapping" in str(failure.value) and "(BANDS)" in str(failure.value)
+    assert "--" not in str(failure.value)
+
+
+def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, constant_bundle_path):
+    class Log(QgsProcessingFeedback):
+        lines = []
+
+        def pushInfo(self, info):  # noqa: N802 (QGIS API)
+            super().pushInfo(info)
+            self.lines.append(info)
+
+    # The known scene is bright (no pixel below 1200 DN), so the engine takes it for Sentinel-2 L2A with the +1000
+    # DN offset, says so and names the parameter that overrides it.
+    detected = ("DN * 0.0001 + -0.1 (reflectance x 10000 with the Sentinel-2 L2A +1000 DN offset "
+                "(no pixel darker than 1200 DN in any band; set the offset to 0 (OFFSET) if the raster has none))")
+    for parameters, expected in (({}, detected), ({"OFFSET": 0.0}, "DN * 0.0001 + 0.0 (given)"),
+                                 ({"SCALE": 0.0002, "OFFSET": -0.1}, "DN * 0.0002 + -0.1 (given)")):
+        log = Log()
+        log.lines = []
+        processing.run("minec2f:segment", {"INPUT": str(known_scene), "MODEL": str(constant_bundle_path),
+                                           "OUTPUT_PROBABILITY": TEMP, "OUTPUT_MASK": TEMP,
+                                           "OUTPUT_FOOTPRINTS": TEMP, **parameters}, feedback=log)
+        assert any(expected in line for line in log.lines), log.lines
 
 
 def test_unwritable_output_is_refused_before_any_work(plugin, known_scene, constant_bundle_path, tmp_path):

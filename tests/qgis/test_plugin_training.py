@@ -58,10 +58,11 @@ def test_train_teacher_writes_bundle_log_and_curves(plugin, scene, tmp_path):
 
     out = tmp_path / "teacher.safetensors"
     results = train("train_teacher", RASTERS=[str(scene["image"])], POLYGONS=str(scene["coarse_polygons"]),
-                    OUTPUT_MODEL=str(out))
+                    SCALE=0.0001, OFFSET=0.0, OUTPUT_MODEL=str(out))
 
     bundle = load_bundle(out)
     assert results["OUTPUT_MODEL"] == str(out) and bundle.spec.role == "teacher"
+    assert bundle.spec.training["radiometry"] == ["given"]
     assert bundle.spec.training["polygons"] == "scene_coarse.gpkg"  # the file itself, not a temporary copy
     assert results["BEST_EPOCH"] == 1
     assert results["VAL_IOU"] == pytest.approx(bundle.spec.metrics["val_iou"])
@@ -141,7 +142,8 @@ def test_cancel_keeps_the_best_epoch_and_resume_finishes_the_run(plugin, scene, 
     out = tmp_path / "teacher.safetensors"
     parameters = {**TINY, "EPOCHS": 2, "RASTERS": [str(scene["image"])], "POLYGONS": str(scene["coarse_polygons"]),
                   "OUTPUT_MODEL": str(out)}
-    with pytest.raises(QgsProcessingException, match="cancelled in epoch 2"):
+    with pytest.raises(QgsProcessingException, match="cancelled in epoch 2.*resumes from teacher.resume.safetensors "
+                                                     "with RESUME"):
         processing.run("minec2f:train_teacher", parameters, feedback=CancelAt(51))
     assert out.exists() and (tmp_path / "teacher.resume.safetensors").exists()
 
@@ -163,7 +165,8 @@ def test_polygons_that_miss_the_raster_are_refused(plugin, scene, tmp_path):
 
 def test_teacher_bands_the_raster_lacks_are_named(plugin, scene, tiny_bundle_path, make_raster, tmp_path):
     rgb = make_raster("rgb.tif", np.full((3, 128, 128), 1500, dtype=np.uint16))
-    with pytest.raises(QgsProcessingException, match="the teacher tiny.safetensors needs bands the raster lacks"):
+    with pytest.raises(QgsProcessingException, match=r"the teacher tiny.safetensors needs bands the raster lacks.*"
+                                                     r"\(BANDS\)"):
         train("finetune_student", TEACHER=str(tiny_bundle_path), RASTERS=[str(rgb)],
               POLYGONS=str(scene["fine_polygons"]), OUTPUT_MODEL=str(tmp_path / "student.safetensors"))
 
