@@ -3,7 +3,7 @@ landscape (3 mines each), IoU on scene B of the bundled model and of students fi
 defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-scenes``).
 
     .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--rehearsal 0 4] [--seed 0] [--method minec2f]
-        [--pairs NAME ...] [--work DIR] [--workers 2]
+        [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2]
 
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
 share a strong shift the bundled model never saw (per-band gain 0.75-1.3, haze, winter or dry season, brighter or
@@ -70,8 +70,9 @@ def iou_on(bundle_path, scene, out):
     return scores[threshold], scores[0.85], threshold
 
 
-def run_pair(name, work, epochs, rehearsals, seed, method):
-    """{model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds)} for one pair."""
+def run_pair(name, work, epochs, rehearsals, seed, method, options):
+    """{model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds)} for one pair; ``options``:
+    more command-line arguments for the students."""
     os.environ["MINEC2F_THREADS"] = "1"
     scene_a, scene_b = write_pair(name, work)
     folder = work / name
@@ -83,7 +84,7 @@ def run_pair(name, work, epochs, rehearsals, seed, method):
         run = subprocess.run([sys.executable, "-m", "model_core", "finetune", "--teacher", str(paths.DEFAULT_MODEL),
                               "--raster", str(scene_a["image"]), "--polygons", str(scene_a["fine_polygons"]),
                               "--epochs", str(epochs), "--rehearsal-scenes", str(rehearsal), "--seed", str(seed),
-                              "--method", method, "--out", str(student), "--overwrite"],
+                              "--method", method, "--out", str(student), "--overwrite", *options],
                              cwd=ROOT, capture_output=True, text=True)
         if run.returncode:
             raise RuntimeError(f"fine-tuning on {name} failed: {run.stderr.strip()[-2000:]}")
@@ -98,6 +99,7 @@ def main():
     parser.add_argument("--rehearsal", type=int, nargs="+", default=[0, 4], help="rehearsal scenes of the students")
     parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the CLI's --seed)")
     parser.add_argument("--method", default="minec2f", help="the students' method (the CLI's --method)")
+    parser.add_argument("--freeze-encoder", action="store_true", help="the students keep the teacher's encoder")
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=list(PAIRS))
     parser.add_argument("--work", help="keep scenes and students here (default: a temporary folder)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pairs at once, one thread each")
@@ -108,10 +110,11 @@ def main():
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = dict(pool.map(run_pair, args.pairs, [work] * len(args.pairs),
                                     [args.epochs] * len(args.pairs), [args.rehearsal] * len(args.pairs),
-                                    [args.seed] * len(args.pairs), [args.method] * len(args.pairs)))
+                                    [args.seed] * len(args.pairs), [args.method] * len(args.pairs),
+                                    [["--freeze-encoder"] if args.freeze_encoder else []] * len(args.pairs)))
     models = list(next(iter(results.values())))
     print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs with the CLI defaults, method "
-          f"{args.method}, seed {args.seed}; "
+          f"{args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}; "
           f"{(time.perf_counter() - started) / 60:.1f} min, {args.workers} pairs at once")
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
     for name, rows in results.items():

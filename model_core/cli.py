@@ -166,6 +166,8 @@ def add_finetune_command(subparsers):
     parser.add_argument("--rehearsal-scenes", type=int, default=TrainConfig.rehearsal_scenes, metavar="N",
                         help="minec2f/kd also distil on N generated scenes, so the student keeps what the teacher "
                              f"knows about ground your rasters lack; 0: none (default {TrainConfig.rehearsal_scenes})")
+    parser.add_argument("--freeze-encoder", action="store_true",
+                        help="train the decoder and head only; the teacher's encoder (its features) stays as it is")
     parser.set_defaults(handler=run_finetune)
 
 
@@ -176,7 +178,7 @@ def _training_call(args):
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
               "stride": args.stride, "max_chips": args.max_chips, "patience": args.patience, "seed": args.seed,
               "device": args.device}
-    for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes"):
+    for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes", "freeze_encoder"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     return TrainConfig(**fields), {

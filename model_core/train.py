@@ -87,6 +87,7 @@ class TrainConfig:
     distill_imagery: bool = True    # kd/minec2f also distil on the training area's chips beyond the labelled ones
     rehearsal_scenes: int = defaults.REHEARSAL_SCENES  # ... and on chips of this many generated scenes
     freeze_norm: bool = None        # keep BatchNorm statistics fixed; default: for students started from the teacher
+    freeze_encoder: bool = False    # students started from the teacher: train the decoder and head only
     dice_weight: float = 1.0
     offset_jitter: float = 0.1      # reflectance offset augmentation (survives a missed L2A +1000 DN offset)
     architecture: str = DEFAULT_ARCHITECTURE
@@ -112,6 +113,9 @@ class TrainConfig:
             raise InputError("temperature and learning rate must be positive")
         if self.rehearsal_scenes < 0:
             raise InputError(f"rehearsal scenes must be 0 (none) or more (got {self.rehearsal_scenes})")
+        if self.freeze_encoder and self.method not in TEACHER_INIT:
+            raise InputError(f"method {self.method} does not start from the teacher, so it has no encoder to keep; "
+                             f"use --freeze-encoder with {', '.join(TEACHER_INIT)}")
 
 
 @dataclass
@@ -271,7 +275,9 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
         num_workers=loader_workers(config, info), pin_memory=info.is_cuda)
     steps = config.steps_per_epoch or max(MIN_STEPS_PER_EPOCH, len(loader))
     total = steps * config.epochs
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    net.model.encoder.requires_grad_(not config.freeze_encoder)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     warmup = max(1, int(config.warmup_epochs * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
     freeze_norm = config.freeze_norm if config.freeze_norm is not None else config.method in TEACHER_INIT

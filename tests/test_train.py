@@ -317,6 +317,31 @@ def test_no_rehearsal_when_asked_for_none_or_the_generator_lacks_the_teachers_ba
         TrainConfig(rehearsal_scenes=-1).check()
 
 
+def test_a_student_with_a_frozen_encoder_trains_the_decoder_and_head_only(domains, teacher, tmp_path, monkeypatch):
+    optimised = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, **options):
+            optimised.append(list(params))
+            super().__init__(optimised[-1], **options)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    images, polygons = domains["fine"]
+    config = TrainConfig(method="finetune", epochs=1, steps_per_epoch=2, freeze_encoder=True, **CHIPS)
+    result = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "s.safetensors", config=config)
+    student, parent = load_bundle(result.bundle_path), load_bundle(teacher.bundle_path)
+    assert student.spec.hyperparameters["freeze_encoder"] is True
+    names = [name for name, _ in parent.net.named_parameters()]
+    assert len(optimised[0]) == len([n for n in names if not n.startswith("model.encoder.")]) < len(names)
+    changed = {name for name, value in parent.net.state_dict().items()
+               if not torch.equal(student.net.state_dict()[name], value)}
+    assert all(".decoder." in name or ".segmentation_head." in name for name in changed), changed
+    assert bool(changed) == (result.best_epoch == 1)  # epoch 0: the student kept the teacher whole
+    with pytest.raises(InputError, match="fine_only does not start from the teacher"):
+        finetune_student(teacher.bundle_path, images, polygons, tmp_path / "f.safetensors",
+                         config=TrainConfig(method="fine_only", freeze_encoder=True, **CHIPS))
+
+
 def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(domains, teacher, tmp_path):
     images, polygons = domains["fine"]
     lines = []

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsProcessingException, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
-                       QgsProcessingParameterFile, QgsProcessingParameterNumber)
+from qgis.core import (QgsProcessingException, QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterNumber)
 
 from model_core import defaults
 
@@ -31,6 +31,9 @@ against the segmentation loss, and the softening of the teacher's predictions.
 <b>Rehearsal scenes</b> (advanced): MineC2F and plain distillation also distil on this many generated \
 synthetic scenes (forest, cropland, water, towns, bare ground), so that a student fine-tuned on one scene keeps \
 what the teacher knows about ground that scene lacks. 0 turns this off.
+<b>Keep the teacher's encoder</b> (advanced): train only the decoder and head; the teacher's image features stay as \
+they are. Faster, and less forgetting of ground your polygons lack, but less adaptation to imagery unlike the \
+teacher's.
 {TRAINING_HELP}"""
 
 
@@ -41,9 +44,10 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
     LAMBDA_PRED = "LAMBDA_PRED"
     TEMPERATURE = "TEMPERATURE"
     REHEARSAL_SCENES = "REHEARSAL_SCENES"
+    FREEZE_ENCODER = "FREEZE_ENCODER"
     ENGINE_OPTIONS = {**TrainingAlgorithm.ENGINE_OPTIONS, "--teacher": TEACHER, "--method": METHOD,
                       "--lambda-feat": LAMBDA_FEAT, "--lambda-pred": LAMBDA_PRED, "--temperature": TEMPERATURE,
-                      "--rehearsal-scenes": REHEARSAL_SCENES}
+                      "--rehearsal-scenes": REHEARSAL_SCENES, "--freeze-encoder": FREEZE_ENCODER}
     POLYGONS_LABEL = "Precise footprint polygons"
     DEFAULTS = defaults.STUDENT
 
@@ -81,6 +85,10 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
                                                  defaultValue=defaults.REHEARSAL_SCENES, minValue=0, maxValue=64)
         rehearsal.setFlags(rehearsal.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         parameters.append(rehearsal)
+        freeze = QgsProcessingParameterBoolean(self.FREEZE_ENCODER, "Keep the teacher's encoder (train the decoder "
+                                               "only)", defaultValue=False)
+        freeze.setFlags(freeze.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        parameters.append(freeze)
         return parameters
 
     def check_parameters(self, parameters, context):
@@ -98,7 +106,8 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
                 "lambda_feat": self.parameterAsDouble(parameters, self.LAMBDA_FEAT, context),
                 "lambda_pred": self.parameterAsDouble(parameters, self.LAMBDA_PRED, context),
                 "temperature": self.parameterAsDouble(parameters, self.TEMPERATURE, context),
-                "rehearsal_scenes": self.parameterAsInt(parameters, self.REHEARSAL_SCENES, context)}
+                "rehearsal_scenes": self.parameterAsInt(parameters, self.REHEARSAL_SCENES, context),
+                "freeze_encoder": self.parameterAsBoolean(parameters, self.FREEZE_ENCODER, context)}
 
     def train(self, parameters, context, rasters, polygons, out, **options):
         from model_core.train import finetune_student

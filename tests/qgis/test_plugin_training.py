@@ -110,10 +110,10 @@ def test_training_defaults_are_the_command_lines(plugin, algorithm, command):
     definitions = QgsApplication.processingRegistry().algorithmById(algorithm)
     names = {"EPOCHS": "epochs", "BATCH": "batch", "LEARNING_RATE": "lr", "CHIP_SIZE": "chip_size",
              "LAMBDA_FEAT": "lambda_feat", "LAMBDA_PRED": "lambda_pred", "TEMPERATURE": "temperature",
-             "REHEARSAL_SCENES": "rehearsal_scenes"}
+             "REHEARSAL_SCENES": "rehearsal_scenes", "FREEZE_ENCODER": "freeze_encoder"}
     compared = {name: (definitions.parameterDefinition(name).defaultValue(), getattr(args, field))
                 for name, field in names.items() if definitions.parameterDefinition(name) is not None}
-    assert len(compared) == (4 if command == "train" else 8)
+    assert len(compared) == (4 if command == "train" else 9)
     assert all(processing == cli for processing, cli in compared.values()), compared
 
 
