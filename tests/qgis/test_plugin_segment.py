@@ -100,7 +100,9 @@ def test_one_band_raster_names_the_missing_bands(plugin, make_raster, constant_b
 
 def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, constant_bundle_path):
     class Log(QgsProcessingFeedback):
-        lines = []
+        def __init__(self):
+            super().__init__()
+            self.lines = []
 
         def pushInfo(self, info):  # noqa: N802 (QGIS API)
             super().pushInfo(info)
@@ -113,7 +115,6 @@ def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, cons
     for parameters, expected in (({}, detected), ({"OFFSET": 0.0}, "DN * 0.0001 + 0.0 (given)"),
                                  ({"SCALE": 0.0002, "OFFSET": -0.1}, "DN * 0.0002 + -0.1 (given)")):
         log = Log()
-        log.lines = []
         processing.run("minec2f:segment", {"INPUT": str(known_scene), "MODEL": str(constant_bundle_path),
                                            "OUTPUT_PROBABILITY": TEMP, "OUTPUT_MASK": TEMP,
                                            "OUTPUT_FOOTPRINTS": TEMP, **parameters}, feedback=log)
