@@ -28,6 +28,7 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
     SCALE = "SCALE"
     OFFSET = "OFFSET"
     ENGINE_OPTIONS = {"--bands": BANDS}
+    RADIOMETRY_OPTIONS = {"--scale": SCALE, "--offset": OFFSET}  # for algorithms with radiometry_parameters()
 
     def icon(self):
         return QIcon(str(ICON_PATH))

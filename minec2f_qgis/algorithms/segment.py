@@ -50,10 +50,9 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     OUTPUT_FOOTPRINTS = "OUTPUT_FOOTPRINTS"
     FOOTPRINT_COUNT = "FOOTPRINT_COUNT"
     TOTAL_AREA_HA = "TOTAL_AREA_HA"
-    ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, "--scale": MineC2FAlgorithm.SCALE,
-                      "--offset": MineC2FAlgorithm.OFFSET, "--model": MODEL, "--device": DEVICE, "--tile": TILE_SIZE,
-                      "--overlap": OVERLAP, "--threshold": THRESHOLD, "--min-area-ha": MIN_AREA_HA,
-                      "--bounds": EXTENT}
+    ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS, "--model": MODEL,
+                      "--device": DEVICE, "--tile": TILE_SIZE, "--overlap": OVERLAP, "--threshold": THRESHOLD,
+                      "--min-area-ha": MIN_AREA_HA, "--bounds": EXTENT}
 
     def name(self):
         return "segment"

@@ -100,9 +100,9 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     BEST_EPOCH = "BEST_EPOCH"
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
-    ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, "--epochs": EPOCHS, "--batch": BATCH,
-                      "--lr": LEARNING_RATE, "--device": DEVICE, "--resume": RESUME, "--out": OUTPUT_MODEL,
-                      "--scale": MineC2FAlgorithm.SCALE, "--offset": MineC2FAlgorithm.OFFSET}
+    ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS,
+                      "--epochs": EPOCHS, "--batch": BATCH, "--lr": LEARNING_RATE, "--device": DEVICE,
+                      "--resume": RESUME, "--out": OUTPUT_MODEL}
 
     def method_parameters(self):
         """Parameters of this kind of training, added after the labelled data."""
