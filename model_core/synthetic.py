@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import Cancelled
+
 BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 WAVELENGTHS_NM = (443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190)
 L2A_OFFSET_DN = 1000
@@ -355,11 +357,11 @@ def write_scene(scene, out_dir, stem="scene"):
     return paths
 
 
-def write_scene_set(out_dir, count, seed, size, shift_for, label, offset_every=3, stem=None):
+def write_scene_set(out_dir, count, seed, size, shift_for, label, offset_every=3, stem=None, is_canceled=None):
     """``count`` scenes side by side on one UTM grid (disjoint, so one polygon layer labels them all): scene k
     draws its shift from ``shift_for(rng)`` and has the L2A offset when ``k % offset_every == 1``. Writes
     them and ``<stem>_<label>.gpkg`` with every scene's ``label`` ("fine" or "coarse") polygons; returns
-    (image paths, that GeoPackage, per-scene path dicts)."""
+    (image paths, that GeoPackage, per-scene path dicts). Raises Cancelled before a scene when ``is_canceled()``."""
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
@@ -369,6 +371,8 @@ def write_scene_set(out_dir, count, seed, size, shift_for, label, offset_every=3
     rng = np.random.default_rng(seed)
     written, geoms = [], []
     for k in range(count):
+        if is_canceled and is_canceled():
+            raise Cancelled(f"scene generation cancelled after {k} of {count} scenes")
         scene = make_scene(size, seed=seed * 1000 + k, shift=shift_for(rng), l2a_offset=(k % offset_every == 1),
                            mines=int(rng.integers(1, 4)))
         scene.transform = from_origin(500000.0 + k * (size + 64) * 10.0, 5800000.0, 10.0, 10.0)

@@ -536,23 +536,29 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     spec.tile_size, spec.overlap = t.tile_size, t.overlap  # the teacher's net: its tiles suit the student too
     loss = LossForMethod(config, teacher.net if config.method in DISTILLING else None)
     with tempfile.TemporaryDirectory(prefix="minec2f_rehearsal_") as folder:
-        rehearsal = _rehearsal_imagery(config, bands, norm, Path(folder), log) if loss.distill else None
+        rehearsal = _rehearsal_imagery(config, bands, norm, Path(folder), log, is_canceled) if loss.distill else None
         if rehearsal is not None:
             data = replace(data, imagery=_ConcatChips(data.imagery, rehearsal))
         return fit(net, data, config, loss, out, spec, resume=resume, progress=progress, is_canceled=is_canceled,
                    log=log, info=info, start_threshold=t.threshold if config.method in TEACHER_INIT else None)
 
 
-def _rehearsal_imagery(config, bands, norm, folder, log):
+def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):
     """Chips of ``config.rehearsal_scenes`` generated scenes (neutral sensor, each landscape in turn, twice the
     chip size across) in ``folder``, normalised like the teacher's inputs; their labels are not used. None when
-    there are none to make or the generator's Sentinel-2 bands cannot feed the teacher."""
+    there are none to make or the generator's Sentinel-2 bands cannot feed the teacher. Raises Cancelled (before
+    training, nothing written) when ``is_canceled()`` turns True between scenes."""
     if config.rehearsal_scenes < 1:
         return None
     landscapes = itertools.cycle(synthetic.LANDSCAPES)
-    images, polygons, _ = synthetic.write_scene_set(
-        folder, config.rehearsal_scenes, seed=REHEARSAL_SEED + config.seed, size=2 * config.chip_size,
-        shift_for=lambda rng: synthetic.DomainShift(landscape=next(landscapes)), label="fine")
+    try:
+        images, polygons, _ = synthetic.write_scene_set(
+            folder, config.rehearsal_scenes, seed=REHEARSAL_SEED + config.seed, size=2 * config.chip_size,
+            shift_for=lambda rng: synthetic.DomainShift(landscape=next(landscapes)), label="fine",
+            is_canceled=is_canceled)
+    except Cancelled as error:
+        raise Cancelled(f"fine-tuning cancelled before its first epoch ({error}); no model or checkpoint was "
+                        "written or changed") from error
     try:
         chips = _datasets(replace(config, max_chips=None, batch=1), images, polygons, bands, val_fraction=0.0,
                           norm=norm)

@@ -168,6 +168,21 @@ def test_cancel_before_the_first_epoch_leaves_no_bundle(domains, tmp_path):
     assert not out.exists()
 
 
+def test_cancel_while_generating_rehearsal_scenes_stops_before_training(domains, teacher, tmp_path):
+    images, polygons = domains["fine"]
+    out = tmp_path / "s.safetensors"
+    calls = []
+
+    def cancel_after_one_scene():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(Cancelled, match=r"before its first epoch \(scene generation cancelled after 1 of 4 scenes"):
+        finetune_student(teacher.bundle_path, images, polygons, out, is_canceled=cancel_after_one_scene,
+                         config=TrainConfig(method="minec2f", epochs=2, rehearsal_scenes=4, **CHIPS))
+    assert not out.exists() and not training.resume_path(out).exists()
+
+
 def test_existing_output_is_refused_and_kept(domains, teacher, tmp_path):
     images, polygons = domains["fine"]
     out = tmp_path / "keep.safetensors"
