@@ -551,6 +551,7 @@ def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):
     if config.rehearsal_scenes < 1:
         return None
     landscapes = itertools.cycle(synthetic.LANDSCAPES)
+    log(f"rehearsal: generating {config.rehearsal_scenes} synthetic scenes of {2 * config.chip_size} px")
     try:
         images, polygons, _ = synthetic.write_scene_set(
             folder, config.rehearsal_scenes, seed=REHEARSAL_SEED + config.seed, size=2 * config.chip_size,
