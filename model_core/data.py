@@ -605,6 +605,7 @@ class TrainingData:
     norm_std: list
     summary: dict
     imagery: ChipDataset = None  # every training-area chip, its labels unused: where distillation may also look
+    labelled: ChipDataset = None  # the training and validation chips without augmentation: where the threshold is set
 
 
 def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapping=None, scale=None, offset=None,
@@ -666,6 +667,7 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
         imagery=ChipDataset(labelled, all_train_chips, mean, std, augment=augment, seed=seed + 1),
         train=ChipDataset(labelled, train_chips, mean, std, augment=augment, seed=seed),
         val=ChipDataset(labelled, val_chips, mean, std),
+        labelled=ChipDataset(labelled, train_chips + val_chips, mean, std),
         sampler=BalancedChipSampler(train_chips, footprint_share=footprint_share,
                                     hard_negative_weight=hard_negative_weight, seed=seed),
         norm_mean=list(mean), norm_std=list(std), summary=summary)

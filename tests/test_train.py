@@ -374,6 +374,32 @@ def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(dom
     assert result.log_path.exists() and not training.resume_path(result.bundle_path).exists()
 
 
+def test_the_bundles_threshold_is_the_best_on_all_labelled_chips(domains, teacher, tmp_path):
+    """Validation chooses the epoch; the threshold comes from the training and validation chips together."""
+    images, polygons = domains["fine"]
+    lines = []
+    config = TrainConfig(method="fine_only", epochs=2, steps_per_epoch=3, **CHIPS)
+    result = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "s.safetensors", config=config,
+                              log=lines.append)
+    bundle = load_bundle(result.bundle_path)
+    data = training._datasets(config, images, polygons, bundle.spec.band_list(), val_fraction=config.val_fraction,
+                              norm=(bundle.spec.norm_mean, bundle.spec.norm_std))
+    assert len(data.labelled) == len(data.train) + len(data.val) and len(data.val) > 0
+    first = data.labelled[0]["image"]
+    data.labelled.set_epoch(7)
+    assert torch.equal(data.labelled[0]["image"], first)  # no augmentation
+    info = resolve_device("cpu")
+    pooled = training.evaluate_net(bundle.net, data.labelled, info, config.batch)
+    threshold = training.best_threshold({t: score["iou"] for t, score in pooled.items()})
+    assert bundle.spec.threshold == threshold
+    assert bundle.spec.metrics["labelled_iou"] == pytest.approx(pooled[threshold]["iou"])
+    val = training.evaluate_net(bundle.net, data.val, info, config.batch)
+    assert bundle.spec.metrics["val_iou"] == pytest.approx(val[threshold]["iou"])
+    assert bundle.spec.metrics["best_epoch"] == result.best_epoch >= 1
+    assert any(line.startswith(f"threshold {threshold} ") and f"all {len(data.labelled)} labelled chips" in line
+               for line in lines), lines
+
+
 def test_a_student_segments_with_its_teachers_tiles(domains, tmp_path):
     from model_core.paths import DEFAULT_MODEL
 
