@@ -8,7 +8,7 @@ or fresh mines) labelled with inventory-style outlines (buffered, generalised, s
 scenes (temperate, tropical, mixed; near-unit gain, little haze, summer) with exact footprints. For each seed a
 teacher (``coarse_only``) learns the coarse domain; every other method then trains on a fixed budget of fine
 chips with the same number of optimiser steps, and is scored on held-out fine-domain scenes by the inference
-engine (tiled, at the threshold the run chose on its validation chips): IoU, F1 and boundary F1 (2 px), mean ±
+engine (tiled, at the threshold the run chose on its labelled chips): IoU, F1 and boundary F1 (2 px), mean ±
 std over seeds. Runs train in worker processes, one per core by default, each with its share of the threads.
 Prints the table and writes it as Markdown and CSV into the work folder.
 

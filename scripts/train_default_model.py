@@ -95,7 +95,7 @@ def main():
     bundle = load_bundle(student.bundle_path)
     threshold, by_threshold = calibrate_threshold(bundle, [i for c in calibration for i in c[0]],
                                                   [s for c in calibration for s in c[2]], work / "calibration_out")
-    log(f"threshold {threshold} (validation chips: {bundle.spec.threshold}); mean IoU on the calibration scenes "
+    log(f"threshold {threshold} (training chose {bundle.spec.threshold} on its labelled chips); mean IoU on the calibration scenes "
         + ", ".join(f"{t}: {v:.3f}" for t, v in by_threshold.items()))
     bundle.spec.threshold = threshold
     scores = []
