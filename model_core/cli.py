@@ -188,7 +188,10 @@ def _training_call(args):
 
 
 def _report_training(result):
-    print(f"best epoch {result.best_epoch}: validation IoU {result.metrics.get('val_iou_best_threshold', 0):.3f}")
+    from .bundle import read_spec
+
+    spec = read_spec(result.bundle_path)
+    print(f"best epoch {result.best_epoch}: validation IoU {spec.metrics['val_iou']:.3f} at threshold {spec.threshold}")
     print(f"model:  {result.bundle_path}")
     print(f"log:    {result.log_path}")
     print(f"curves: {result.curves_path}")

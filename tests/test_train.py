@@ -247,7 +247,9 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     spec = load_bundle(tmp_path / "cli.safetensors").spec
     assert spec.role == "student"
     assert spec.training["radiometry"] == ["given"] * len(images)  # --scale for every raster, offset still detected
-    assert "model:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model:" in out
+    assert f"validation IoU {spec.metrics['val_iou']:.3f} at threshold {spec.threshold}" in out  # the bundle's own
     assert main(args) == 1  # exists: refused, one line
     assert capsys.readouterr().err.startswith("error: ")
 

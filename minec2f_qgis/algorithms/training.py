@@ -32,7 +32,8 @@ rasters. Empty: matched by band descriptions or standard band orders.
 <i>model</i>.resume.safetensors saved after each epoch.
 <h3>Outputs</h3>
 <b>Model</b>: the .safetensors bundle of the best epoch (validation IoU on chips held out by location), with its \
-recommended threshold, training summary and scores; it is written when the first epoch ends and replaced when a \
+recommended threshold (the best on all labelled chips, training and validation together), training summary and \
+scores; it is written when the first epoch ends and replaced when a \
 later epoch does better. A student must do better than its teacher on the same chips: until an epoch does, \
 nothing is written, and if none does the model keeps the teacher's weights and threshold (BEST_EPOCH 0). An \
 existing file is replaced, as in every Processing algorithm. Cancelling keeps the best model so far; before the \
