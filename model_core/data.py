@@ -548,6 +548,14 @@ class ChipDataset(torch.utils.data.Dataset):
     def __getstate__(self):
         return {**self.__dict__, "_open": {}}
 
+    def view(self, chips, *, augment=None, seed=None):
+        """A dataset of other ``chips`` of the same rasters (by default not augmented) that shares this one's open
+        files and in-memory rasters."""
+        view = ChipDataset.__new__(ChipDataset)
+        view.__dict__.update(self.__dict__, chips=list(chips), augment=augment,
+                             seed=self.seed if seed is None else seed)
+        return view
+
     def __getitem__(self, query):
         index, draw = query if isinstance(query, tuple) else (query, 0)
         chip = self.chips[index]
@@ -605,7 +613,7 @@ class TrainingData:
     norm_std: list
     summary: dict
     imagery: ChipDataset = None  # every training-area chip, its labels unused: where distillation may also look
-    labelled: ChipDataset = None  # the training and validation chips without augmentation: where the threshold is set
+    labelled: ChipDataset = None  # the training and validation chips, not augmented: where the threshold is set
 
 
 def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapping=None, scale=None, offset=None,
@@ -663,11 +671,10 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
             f"{summary['train_hard_negatives']} hard negatives), {len(val_chips)} validation chips "
             f"({summary['val_footprint_chips']} with footprints)")
     all_train_chips = [c for c in chips if c.split == "train"]
+    train = ChipDataset(labelled, train_chips, mean, std, augment=augment, seed=seed)  # the others share its rasters
     return TrainingData(
-        imagery=ChipDataset(labelled, all_train_chips, mean, std, augment=augment, seed=seed + 1),
-        train=ChipDataset(labelled, train_chips, mean, std, augment=augment, seed=seed),
-        val=ChipDataset(labelled, val_chips, mean, std),
-        labelled=ChipDataset(labelled, train_chips + val_chips, mean, std),
+        train=train, val=train.view(val_chips), labelled=train.view(train_chips + val_chips),
+        imagery=train.view(all_train_chips, augment=augment, seed=seed + 1),
         sampler=BalancedChipSampler(train_chips, footprint_share=footprint_share,
                                     hard_negative_weight=hard_negative_weight, seed=seed),
         norm_mean=list(mean), norm_std=list(std), summary=summary)

@@ -387,6 +387,7 @@ def test_the_bundles_threshold_is_the_best_on_all_labelled_chips(domains, teache
     data = training._datasets(config, images, polygons, bundle.spec.band_list(), val_fraction=config.val_fraction,
                               norm=(bundle.spec.norm_mean, bundle.spec.norm_std))
     assert len(data.labelled) == len(data.train) + len(data.val) and len(data.val) > 0
+    assert data.labelled._open is data.train._open is data.val._open  # one in-memory copy of each raster
     first = data.labelled[0]["image"]
     data.labelled.set_epoch(7)
     assert torch.equal(data.labelled[0]["image"], first)  # no augmentation
