@@ -95,8 +95,8 @@ def main():
     bundle = load_bundle(student.bundle_path)
     threshold, by_threshold = calibrate_threshold(bundle, [i for c in calibration for i in c[0]],
                                                   [s for c in calibration for s in c[2]], work / "calibration_out")
-    log(f"threshold {threshold} (training chose {bundle.spec.threshold} on its labelled chips); mean IoU on the calibration scenes "
-        + ", ".join(f"{t}: {v:.3f}" for t, v in by_threshold.items()))
+    log(f"threshold {threshold} (training chose {bundle.spec.threshold} on its labelled chips); mean IoU on the "
+        "calibration scenes " + ", ".join(f"{t}: {v:.3f}" for t, v in by_threshold.items()))
     bundle.spec.threshold = threshold
     scores = []
     for image, scene in zip(test_images, test_scenes):
