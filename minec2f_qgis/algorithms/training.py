@@ -34,11 +34,11 @@ rasters. Empty: matched by band descriptions or standard band orders.
 <b>Model</b>: the .safetensors bundle of the best epoch (validation IoU on chips held out by location), with its \
 recommended threshold (the best on all labelled chips, training and validation together), training summary and \
 scores; it is written when the first epoch ends and replaced when a later epoch does better. A student must do \
-better than its teacher on the same chips: until an epoch does, nothing is written, and if none does the model keeps the teacher's weights and threshold (BEST_EPOCH 0). An \
-existing file is replaced, as in every Processing algorithm. Cancelling keeps the best model so far; before the \
-first epoch ends nothing is written. Beside it: <i>model</i>.log.csv (one row per \
-epoch) and <i>model</i>.curves.png (loss and validation curves). BEST_EPOCH, VAL_IOU and VAL_F1 are the best \
-epoch and its scores at the model's recommended threshold."""
+better than its teacher on the same chips: until an epoch does, nothing is written, and if none does the model \
+keeps the teacher's weights and threshold (BEST_EPOCH 0). An existing file is replaced, as in every Processing \
+algorithm. Cancelling keeps the best model so far; before the first epoch ends nothing is written. Beside it: \
+<i>model</i>.log.csv (one row per epoch) and <i>model</i>.curves.png (loss and validation curves). BEST_EPOCH, \
+VAL_IOU and VAL_F1 are the best epoch and its scores at the model's recommended threshold."""
 
 
 class LabelledDataAlgorithm(MineC2FAlgorithm):
