@@ -380,8 +380,13 @@ def _validate(net, data, config, info):
     best_t = best_threshold({t: score["iou"] for t, score in scores.items()})
     fields = {"val_iou": scores[0.5]["iou"], "val_f1": scores[0.5]["f1"], "best_threshold": best_t,
               "val_iou_best_threshold": scores[best_t]["iou"]}
-    return fields, {"val_iou": scores[best_t]["iou"], "val_f1": scores[best_t]["f1"],
-                    "val_iou_at_0.5": scores[0.5]["iou"]}
+    return fields, _metrics_at(scores, best_t)
+
+
+def _metrics_at(scores, threshold):
+    """The bundle's validation metrics from :func:`evaluate_net` scores, at ``threshold`` (and IoU at 0.5)."""
+    return {"val_iou": scores[threshold]["iou"], "val_f1": scores[threshold]["f1"],
+            "val_iou_at_0.5": scores[0.5]["iou"]}
 
 
 def _set_threshold_on_labelled_chips(out, spec, data, config, info, log, best_epoch):
@@ -396,9 +401,7 @@ def _set_threshold_on_labelled_chips(out, spec, data, config, info, log, best_ep
     threshold = best_threshold({t: score["iou"] for t, score in pooled.items()})
     val = evaluate_net(best.net, data.val, info, config.batch) if len(data.val) else pooled
     spec.threshold = float(threshold)
-    spec.metrics = {"val_iou": val[threshold]["iou"], "val_f1": val[threshold]["f1"],
-                    "val_iou_at_0.5": val[0.5]["iou"], "labelled_iou": pooled[threshold]["iou"],
-                    "best_epoch": best_epoch}
+    spec.metrics = {**_metrics_at(val, threshold), "labelled_iou": pooled[threshold]["iou"], "best_epoch": best_epoch}
     save_bundle(out, best.net, spec, overwrite=True)
     log(f"threshold {threshold} (best IoU {pooled[threshold]['iou']:.3f} on all {len(data.labelled)} labelled "
         f"chips, training and validation): validation IoU {val[threshold]['iou']:.3f}")
