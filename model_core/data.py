@@ -608,12 +608,12 @@ class TrainingData:
     bundle spec's ``training`` field."""
     train: ChipDataset
     val: ChipDataset
+    labelled: ChipDataset  # the training and validation chips, not augmented: where the threshold is set
     sampler: BalancedChipSampler
     norm_mean: list
     norm_std: list
     summary: dict
     imagery: ChipDataset = None  # every training-area chip, its labels unused: where distillation may also look
-    labelled: ChipDataset = None  # the training and validation chips, not augmented: where the threshold is set
 
 
 def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapping=None, scale=None, offset=None,

@@ -393,8 +393,6 @@ def _set_threshold_on_labelled_chips(out, spec, data, config, info, log, best_ep
     """Set the best bundle's threshold on every labelled chip, training and validation: the validation chips
     of a few polygons are few, and a threshold chosen on them alone followed a chip or two (on the one-scene
     bench it scored scene B 0.006-0.015 IoU lower over 3 seeds; bench/results/finetune_one_scene_threshold.md)."""
-    if data.labelled is None or not len(data.labelled):
-        return
     best = load_bundle(out)
     best.net.to(info.device)
     pooled = evaluate_net(best.net, data.labelled, info, config.batch)
