@@ -1,6 +1,7 @@
 """The MineC2F dock: pick a raster, a model and settings, run minec2f:segment as a background task, and see the
 results on the map; or fine-tune the model on footprints digitised over the raster (minec2f:finetune_student)."""
 
+import html
 import re
 import time
 from pathlib import Path
@@ -9,9 +10,9 @@ from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProcessingAlgRu
                        QgsProcessingException, QgsProcessingFeedback, QgsProcessingUtils, QgsProject)
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-                                 QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox, QTableWidget,
-                                 QVBoxLayout, QWidget)
+from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
+                                 QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
+                                 QTableWidget, QVBoxLayout, QWidget)
 
 from . import dependencies, models
 from .algorithms.common import DEVICES, in_parameter_terms, layer_file
@@ -21,18 +22,43 @@ from .models import available_models, model_card
 
 ALGORITHM_ID = "minec2f:segment"
 FINETUNE_ID = "minec2f:finetune_student"
+# The algorithms' parameters as the dock's fields are labelled, for the errors a run reports.
+DOCK_FIELDS = {"INPUT": "Raster", "RASTERS": "Raster", "MODEL": "Model", "TEACHER": "Model",
+               "BANDS": "the band table", "SCALE": "Reflectance scale", "OFFSET": "Reflectance offset",
+               "DEVICE": "Device", "THRESHOLD": "Threshold", "MIN_AREA_HA": "Minimum area",
+               "OUTPUT_PROBABILITY": "Output folder", "OUTPUT_MASK": "Output folder",
+               "OUTPUT_FOOTPRINTS": "Output folder", "POLYGONS": "Footprints", "EXTENT": "Labelled extent",
+               "EPOCHS": "Epochs", "OUTPUT_MODEL": "New model name"}
 
 
 class CollectingFeedback(QgsProcessingFeedback):
-    """Feedback that keeps the error messages, to show the one that ended a failed run."""
+    """Feedback that keeps the error messages, to show the one that ended a failed run, and the log lines."""
 
     def __init__(self):
         super().__init__()
         self.errors = []
+        self.lines = []
 
     def reportError(self, error, fatalError=False):  # noqa: N802, N803 (QGIS API)
         self.errors.append(error)
         super().reportError(error, fatalError)
+
+    def pushInfo(self, info):  # noqa: N802 (QGIS API)
+        self.lines.append(info)
+        super().pushInfo(info)
+
+
+def in_dock_terms(message, algorithm):
+    """A Processing error ``message`` of ``algorithm`` with the parameters it names (POLYGONS ...) named as the
+    dock's fields; a parameter the dock does not show is named with where to set it."""
+    def field(match):
+        name = match.group(0)
+        definition = algorithm.parameterDefinition(name)
+        if name in DOCK_FIELDS or definition is None:
+            return DOCK_FIELDS.get(name, name)
+        return f"'{definition.description()}' (in Processing Toolbox › MineC2F › {algorithm.displayName()})"
+
+    return re.sub(r"\b[A-Z][A-Z_]*[A-Z]\b", field, message)
 
 
 class MineC2FDock(QgsDockWidget):
@@ -41,6 +67,7 @@ class MineC2FDock(QgsDockWidget):
         self.setObjectName("MineC2FDock")
         self.iface = iface
         self.task = None
+        self.algorithm = None
         self.feedback = None
         self.context = None
         self.models = []
@@ -107,6 +134,7 @@ class MineC2FDock(QgsDockWidget):
         self.min_area_box.setSuffix(" ha")
         self.min_area_box.setToolTip("Footprints and holes smaller than this are dropped")
         form.addRow("Minimum area", self.min_area_box)
+        self._build_radiometry(form)
         self.folder_widget = QgsFileWidget()
         self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
         self.folder_widget.lineEdit().setPlaceholderText("temporary folder")
@@ -137,6 +165,31 @@ class MineC2FDock(QgsDockWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
         self.setWidget(scroll)
+
+    def _build_radiometry(self, form):
+        """Rows for reflectance = DN x scale + offset: from the raster (metadata or detected) unless set here."""
+        self.radiometry_box = QCheckBox("set scale and offset")
+        self.radiometry_box.setToolTip("Reflectance = DN x scale + offset. Not ticked: read from the raster's "
+                                       "metadata or detected (Sentinel-2 L2A with its +1000 DN offset is "
+                                       "recognised); the result says which. Tick to set them when that is wrong.")
+        form.addRow("Reflectance", self.radiometry_box)
+        self.scale_box = QDoubleSpinBox()
+        self.scale_box.setDecimals(7)
+        self.scale_box.setRange(1e-7, 100.0)
+        self.scale_box.setValue(1e-4)
+        self.offset_box = QDoubleSpinBox()
+        self.offset_box.setDecimals(4)
+        self.offset_box.setRange(-100.0, 100.0)
+        for label, box in (("Scale (x DN)", self.scale_box), ("Offset (+)", self.offset_box)):
+            box.setEnabled(False)
+            self.radiometry_box.toggled.connect(box.setEnabled)
+            form.addRow(label, box)
+
+    def radiometry_parameters(self):
+        """SCALE and OFFSET when the user set them, else nothing (the engine reads or detects them)."""
+        if not self.radiometry_box.isChecked():
+            return {}
+        return {"SCALE": self.scale_box.value(), "OFFSET": self.offset_box.value()}
 
     def _build_finetune(self):
         box = QgsCollapsibleGroupBox("Fine-tune the model on your footprints")
@@ -284,7 +337,7 @@ class MineC2FDock(QgsDockWidget):
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
                 "THRESHOLD": self.threshold_box.value(), "MIN_AREA_HA": self.min_area_box.value(),
                 "OUTPUT_PROBABILITY": str(paths[0]), "OUTPUT_MASK": str(paths[1]),
-                "OUTPUT_FOOTPRINTS": str(paths[2])}
+                "OUTPUT_FOOTPRINTS": str(paths[2]), **self.radiometry_parameters()}
 
     def finetune_parameters(self):
         """minec2f:finetune_student parameters: the selected model as teacher, the selected raster and band
@@ -313,7 +366,7 @@ class MineC2FDock(QgsDockWidget):
                 "EXTENT": extent.id() if extent is not None else None, "METHOD": 0,
                 "EPOCHS": self.epochs_box.value(), "BANDS": self.band_mapping_text(),
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
-                "OUTPUT_MODEL": str(folder / f"{name}.safetensors")}
+                "OUTPUT_MODEL": str(folder / f"{name}.safetensors"), **self.radiometry_parameters()}
 
     def run(self):
         """Start minec2f:segment as a background task (QGIS stays responsive)."""
@@ -337,12 +390,12 @@ class MineC2FDock(QgsDockWidget):
     def start(self, algorithm_id, parameters, message, done):
         """Run ``algorithm_id`` as a background task; ``done(results, parameters)`` follows success (results)
         or cancelling (None); a failure shows its error."""
-        algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+        self.algorithm = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
         self.context = QgsProcessingContext()
         self.context.setProject(QgsProject.instance())
         self.feedback = CollectingFeedback()
         self.feedback.progressChanged.connect(lambda percent: self.progress.setValue(int(percent)))
-        self.task = QgsProcessingAlgRunnerTask(algorithm, parameters, self.context, self.feedback)
+        self.task = QgsProcessingAlgRunnerTask(self.algorithm, parameters, self.context, self.feedback)
         self.task.executed.connect(lambda ok, results: self.finished(ok, results, parameters, done))
         self.started = time.monotonic()
         self.set_running(True)
@@ -367,7 +420,8 @@ class MineC2FDock(QgsDockWidget):
         if not ok:
             self.progress.setValue(0)
             if not canceled:
-                self.show_error(self.feedback.errors[-1] if self.feedback.errors else "the run failed; see the log")
+                error = self.feedback.errors[-1] if self.feedback.errors else "the run failed; see the log"
+                self.show_error(in_dock_terms(error, self.algorithm))
                 return
         done(results if ok else None, parameters)
 
@@ -379,8 +433,10 @@ class MineC2FDock(QgsDockWidget):
         add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
         seconds = time.monotonic() - self.started
         folder = Path(parameters["OUTPUT_FOOTPRINTS"]).parent
+        radiometry = next((line for line in self.feedback.lines if line.startswith("reflectance = ")), "")
         self.status.setText(f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b>"
-                            f" in {seconds:.1f} s; files in {folder.name}/")
+                            f" in {seconds:.1f} s; files in {folder.name}/<br>"
+                            f"{html.escape(in_dock_terms(radiometry, self.algorithm), quote=False)}")
         self.status.setToolTip(str(folder))
 
     def finetuned(self, results, parameters):
@@ -405,4 +461,4 @@ class MineC2FDock(QgsDockWidget):
         self.status.setToolTip(str(model))
 
     def show_error(self, message):
-        self.status.setText(f"<span style='color:#b00'>{message}</span>")
+        self.status.setText(f"<span style='color:#b00'>{html.escape(message, quote=False)}</span>")

@@ -241,6 +241,9 @@ class Radiometry:
     scale: float
     offset: float
 
+    def __str__(self):
+        return f"reflectance = DN * {self.scale:g} {'-' if self.offset < 0 else '+'} {abs(self.offset):g}"
+
 
 L2A_OFFSET_DN = 1000  # Sentinel-2 processing baseline >= 04.00 adds 1000 to every reflectance DN
 _OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET", "ADD_OFFSET")

@@ -249,8 +249,7 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
         image_valid, bare = _scan_pixels(src, band_index, _bare_ground_band_index(info, band_mapping), radiometry)
     labels[~(labelled & image_valid)] = IGNORE
     log(f"{path.name}: {len(footprints)} polygons, {np.mean(labels == FOOTPRINT):.1%} footprint, "
-        f"{np.mean(labels == IGNORE):.1%} ignored pixels; reflectance = DN * {radiometry.scale} + "
-        f"{radiometry.offset} ({reason})")
+        f"{np.mean(labels == IGNORE):.1%} ignored pixels; {radiometry} ({reason})")
     return LabelledRaster(str(path), list(band_index), radiometry.scale, radiometry.offset, reason, labels,
                           image_valid, bare, len(footprints), src.crs, transform)
 

@@ -64,10 +64,27 @@ def test_run_adds_styled_results_in_a_group_named_after_the_input(dock, tmp_path
     wait_for_task(dock)
     assert (tmp_path / "results" / "known_scene_2_footprints.gpkg").exists()
 
-    dock.resize(440, 1500)  # tall enough for the result summary below the collapsed Fine-tune section
+    dock.resize(440, 1600)  # tall enough for the result summary below the collapsed Fine-tune section
     image = dock.grab()
     assert not image.isNull()
     image.save(os.environ.get("MINEC2F_DOCK_SCREENSHOT", str(tmp_path / "dock.png")))
+
+
+def test_the_result_says_which_reflectance_scale_and_offset_were_used_and_they_can_be_set(dock):
+    """The known scene has no pixel below 1200 DN: the +1000 DN offset is detected, and the user can say there
+    is none."""
+    assert not dock.scale_box.isEnabled() and "SCALE" not in dock.parameters()
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert "reflectance = DN * 0.0001 - 0.1 (reflectance x 10000 with the Sentinel-2 L2A +1000 DN offset" in \
+        dock.status.text() and "set the offset to 0 (Reflectance offset)" in dock.status.text(), dock.status.text()
+
+    dock.radiometry_box.setChecked(True)
+    dock.offset_box.setValue(0.0)
+    assert dock.scale_box.isEnabled() and (dock.parameters()["SCALE"], dock.parameters()["OFFSET"]) == (1e-4, 0.0)
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert "reflectance = DN * 0.0001 + 0 (given)" in dock.status.text(), dock.status.text()
 
 
 def test_cancel_adds_nothing(dock, tmp_path):

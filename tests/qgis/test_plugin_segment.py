@@ -99,22 +99,15 @@ def test_one_band_raster_names_the_missing_bands(plugin, make_raster, constant_b
 
 
 def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, constant_bundle_path):
-    class Log(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.lines = []
-
-        def pushInfo(self, info):  # noqa: N802 (QGIS API)
-            super().pushInfo(info)
-            self.lines.append(info)
+    from minec2f_qgis.dock import CollectingFeedback
 
     # The known scene is bright (no pixel below 1200 DN), so the engine takes it for Sentinel-2 L2A with the +1000
     # DN offset, says so and names the parameter that overrides it.
-    detected = ("DN * 0.0001 + -0.1 (reflectance x 10000 with the Sentinel-2 L2A +1000 DN offset "
+    detected = ("DN * 0.0001 - 0.1 (reflectance x 10000 with the Sentinel-2 L2A +1000 DN offset "
                 "(no pixel darker than 1200 DN in any band; set the offset to 0 (OFFSET) if the raster has none))")
-    for parameters, expected in (({}, detected), ({"OFFSET": 0.0}, "DN * 0.0001 + 0.0 (given)"),
-                                 ({"SCALE": 0.0002, "OFFSET": -0.1}, "DN * 0.0002 + -0.1 (given)")):
-        log = Log()
+    for parameters, expected in (({}, detected), ({"OFFSET": 0.0}, "DN * 0.0001 + 0 (given)"),
+                                 ({"SCALE": 0.0002, "OFFSET": -0.1}, "DN * 0.0002 - 0.1 (given)")):
+        log = CollectingFeedback()
         processing.run("minec2f:segment", {"INPUT": str(known_scene), "MODEL": str(constant_bundle_path),
                                            "OUTPUT_PROBABILITY": TEMP, "OUTPUT_MASK": TEMP,
                                            "OUTPUT_FOOTPRINTS": TEMP, **parameters}, feedback=log)

@@ -13,7 +13,7 @@ from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsProcessingExc
 
 import processing
 from minec2f_qgis import models
-from minec2f_qgis.dock import MineC2FDock
+from minec2f_qgis.dock import MineC2FDock, in_dock_terms
 
 TINY = {"EPOCHS": 1, "BATCH": 2, "CHIP_SIZE": 64, "DEVICE": 1}  # DEVICE 1 = CPU
 
@@ -259,3 +259,32 @@ def test_dock_says_when_the_new_model_is_the_teacher_unchanged(dock):
     dock.finetuned({"BEST_EPOCH": 0, "VAL_IOU": 0.61, "VAL_F1": 0.75}, {"OUTPUT_MODEL": str(model)})
     assert "is the teacher unchanged" in dock.status.text() and "0.610" in dock.status.text()
     assert dock.current_model().path == model
+
+
+def test_dock_errors_name_the_docks_fields_and_where_to_set_the_others(dock):
+    """A labelled extent of 30 x 30 px holds no 128 px chip: the error names the dock's field and says where the
+    chip size (not in the dock) is set, not the Processing parameter names."""
+    raster = QgsProject.instance().mapLayersByName("Area")[0].extent()
+    x, y = raster.center().x(), raster.center().y()
+    small = QgsVectorLayer(f"Polygon?crs={QgsProject.instance().mapLayersByName('Area')[0].crs().authid()}",
+                           "Small extent", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(x, y, x + 300, y + 300)))
+    small.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(small)
+    dock.polygons_box.setLayer(QgsProject.instance().mapLayersByName("Digitised footprints")[0])
+    dock.extent_box.setLayer(small)
+    dock.finetune_button.click()
+    wait_for_task(dock)
+
+    status = dock.status.text()
+    assert "check the labelled extent and nodata, or lower 'Chip size in pixels' (in Processing Toolbox › " \
+           "MineC2F › Fine-tune student on precise polygons)" in status, status
+    assert "CHIP_SIZE" not in status and not models.user_models_dir().joinpath("area_finetuned.safetensors").exists()
+
+
+def test_errors_are_named_in_dock_terms(plugin):
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("minec2f:segment")
+    assert in_dock_terms("OUTPUT_MASK: x.tif is not writable (CRS EPSG:32633); check BANDS", algorithm) == \
+        "Output folder: x.tif is not writable (CRS EPSG:32633); check the band table"  # not parameters: unchanged
+    assert in_dock_terms("lower TILE_SIZE", algorithm).startswith("lower 'Tile size")
