@@ -148,24 +148,22 @@ def add_train_command(subparsers):
 
 
 def add_finetune_command(subparsers):
-    from .train import STUDENT_METHODS, TrainConfig
-
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a student from a teacher on precise polygons",
         description="Fine-tune a student from --teacher on hand-digitised polygons with attentive feature and "
                     "prediction distillation (method minec2f) or a baseline.")
     parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
     _add_training_arguments(parser, defaults.STUDENT)
-    parser.add_argument("--method", choices=STUDENT_METHODS, default="minec2f")
-    parser.add_argument("--lambda-feat", type=float, default=TrainConfig.lambda_feat,
-                        help=f"weight of feature distillation (default {TrainConfig.lambda_feat})")
-    parser.add_argument("--lambda-pred", type=float, default=TrainConfig.lambda_pred,
-                        help=f"weight of prediction distillation (default {TrainConfig.lambda_pred})")
-    parser.add_argument("--temperature", type=float, default=TrainConfig.temperature,
-                        help=f"distillation temperature (default {TrainConfig.temperature})")
-    parser.add_argument("--rehearsal-scenes", type=int, default=TrainConfig.rehearsal_scenes, metavar="N",
+    parser.add_argument("--method", choices=defaults.STUDENT_METHODS, default="minec2f")
+    parser.add_argument("--lambda-feat", type=float, default=defaults.LAMBDA_FEAT,
+                        help=f"weight of feature distillation (default {defaults.LAMBDA_FEAT})")
+    parser.add_argument("--lambda-pred", type=float, default=defaults.LAMBDA_PRED,
+                        help=f"weight of prediction distillation (default {defaults.LAMBDA_PRED})")
+    parser.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                        help=f"distillation temperature (default {defaults.TEMPERATURE})")
+    parser.add_argument("--rehearsal-scenes", type=int, default=defaults.REHEARSAL_SCENES, metavar="N",
                         help="minec2f/kd also distil on N generated scenes, so the student keeps what the teacher "
-                             f"knows about ground your rasters lack; 0: none (default {TrainConfig.rehearsal_scenes})")
+                             f"knows about ground your rasters lack; 0: none (default {defaults.REHEARSAL_SCENES})")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="train the decoder and head only; the teacher's encoder (its features) stays as it is")
     parser.set_defaults(handler=run_finetune)

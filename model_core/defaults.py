@@ -1,6 +1,10 @@
-"""Default hyper-parameters of training, in one module free of torch: ``model_core.train.TrainConfig``, the
-command line and the plugin's Processing parameters (shown before the plugin has checked for torch) read them
-here, so a run from QGIS and one from the shell train alike."""
+"""Training methods and default hyper-parameters, in one module free of torch: ``model_core.train.TrainConfig``,
+the command line (whose --help then answers at once) and the plugin's Processing parameters (shown before the
+plugin has checked for torch) read them here, so a run from QGIS and one from the shell train alike."""
+
+# training methods (model_core.train); a student's start from a teacher bundle: all but coarse_only
+METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
+STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
 
 # a teacher: many coarse polygons over whole scenes
 TEACHER = {"epochs": 30, "batch": 8, "lr": 1e-3, "chip_size": 256, "patience": 8}

@@ -56,8 +56,7 @@ from .errors import BandMismatchError, Cancelled, InputError, OutputError
 from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_ENCODER_DEPTH,
                    build_net, copy_weights)
 
-METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
-STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
+METHODS, STUDENT_METHODS = defaults.METHODS, defaults.STUDENT_METHODS
 DISTILLING = ("minec2f", "kd")
 TEACHER_INIT = ("minec2f", "kd", "finetune")  # students that start from the teacher's weights
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 20))  # 0.1 .. 0.95: validation picks the bundle's

@@ -1,5 +1,6 @@
 """python -m model_core segment: outputs, printed summary, one-line errors and exit codes."""
 
+import json
 import subprocess
 import sys
 
@@ -67,3 +68,12 @@ def test_module_entry_point_lists_commands():
     result = subprocess.run([sys.executable, "-m", "model_core", "--help"], capture_output=True, text=True,
                             check=True)
     assert "segment" in result.stdout
+
+
+def test_the_parser_is_built_without_torch():
+    """--help and a mistyped option answer at once: building the parser imports neither torch nor smp."""
+    code = ("import json, sys; from model_core.cli import build_parser; build_parser(); "
+            "print(json.dumps(list(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = set(json.loads(result.stdout))
+    assert "argparse" in modules and not modules & {"torch", "segmentation_models_pytorch", "rasterio"}
