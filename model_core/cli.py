@@ -31,8 +31,7 @@ def add_segment_command(subparsers):
     parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...",
                         help="raster band (1-based) for each model band, when names/layout do not tell")
-    parser.add_argument("--scale", type=float, metavar="S", help="reflectance = DN * S + O (default: detected)")
-    parser.add_argument("--offset", type=float, metavar="O", help="reflectance = DN * S + O (default: detected)")
+    _add_radiometry_arguments(parser, "(default: from the raster's metadata or detected)")
     parser.add_argument("--bounds", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="only segment this extent (raster CRS); outputs cover the input pixels it touches")
     parser.add_argument("--prob-format", choices=("uint8", "float32"), default="uint8",
@@ -94,6 +93,8 @@ def add_export_chips_command(subparsers):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="export only this bundle's bands (default: all bands)")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band (with --model)")
+    _add_radiometry_arguments(parser, "for every --raster, written to the chips' metadata (default: from each "
+                                      "raster); it decides which chips are hard negatives (bare ground)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     parser.set_defaults(handler=run_export_chips)
 
@@ -107,11 +108,16 @@ def run_export_chips(args):
         args.raster, args.polygons, args.out_dir, extent=args.extent, chip_size=args.chip_size, stride=args.stride,
         val_fraction=args.val_fraction, seed=args.seed,
         model_bands=read_spec(args.model).band_list() if args.model else None,
-        band_mapping=parse_band_mapping(args.bands) if args.bands else None, overwrite=args.overwrite,
-        polygon_layer=args.layer, extent_layer=args.extent_layer, progress=_ProgressPrinter(),
+        band_mapping=parse_band_mapping(args.bands) if args.bands else None, scale=args.scale, offset=args.offset,
+        overwrite=args.overwrite, polygon_layer=args.layer, extent_layer=args.extent_layer, progress=_ProgressPrinter(),
         log=lambda message: print(message, file=sys.stderr))
     print(f"{result.train_count} train and {result.val_count} validation chips in {result.out_dir}")
     print(f"index: {result.index_path}")
+
+
+def _add_radiometry_arguments(parser, note):
+    for flag, metavar in (("--scale", "S"), ("--offset", "O")):
+        parser.add_argument(flag, type=float, metavar=metavar, help=f"reflectance = DN * S + O {note}")
 
 
 def _add_training_arguments(parser, run_defaults):
@@ -131,9 +137,7 @@ def _add_training_arguments(parser, run_defaults):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band")
-    for flag, metavar in (("--scale", "S"), ("--offset", "O")):
-        parser.add_argument(flag, type=float, metavar=metavar,
-                            help="reflectance = DN * S + O for every --raster (default: from each raster)")
+    _add_radiometry_arguments(parser, "for every --raster (default: from each raster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 

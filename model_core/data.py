@@ -690,16 +690,17 @@ class ExportResult:
 
 
 INDEX_FIELDS = ["image", "mask", "split", "raster", "row", "col", "positive_fraction", "valid_fraction",
-                "hard_negative"]
+                "hard_negative", "scale", "offset"]
 
 
 def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=None, *, val_fraction=0.2,
-                 block_chips=4, seed=0, model_bands=None, band_mapping=None, overwrite=False, polygon_layer=None,
-                 extent_layer=None, progress=None, is_canceled=None, log=None):
+                 block_chips=4, seed=0, model_bands=None, band_mapping=None, scale=None, offset=None,
+                 overwrite=False, polygon_layer=None, extent_layer=None, progress=None, is_canceled=None, log=None):
     """Write every chip as a georeferenced GeoTIFF pair, ``image/<name>.tif`` (the raster's DN of the selected
-    bands: ``model_bands`` or all) and ``mask/<name>.tif`` (uint8 1/0, 255 = ignore), plus ``index.csv``
-    (:data:`INDEX_FIELDS`). ``out_dir`` appears only when complete; an existing one is replaced only with
-    ``overwrite``."""
+    bands: ``model_bands`` or all, with the reflectance scale/offset used as the bands' scale/offset metadata)
+    and ``mask/<name>.tif`` (uint8 1/0, 255 = ignore), plus ``index.csv`` (:data:`INDEX_FIELDS`). ``scale``,
+    ``offset``: as for training (not set: each raster's). ``out_dir`` appears only when complete; an existing one
+    is replaced only with ``overwrite``."""
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     out_dir = Path(out_dir)
@@ -707,7 +708,8 @@ def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=
         raise OutputError(f"{out_dir} exists; choose a new folder" + ("" if out_dir.is_file() else
                           " or pass --overwrite to replace it"))
     labelled, _, _ = label_rasters(rasters, polygons, extent, model_bands=model_bands, band_mapping=band_mapping,
-                                   polygon_layer=polygon_layer, extent_layer=extent_layer, log=log)
+                                   scale=scale, offset=offset, polygon_layer=polygon_layer,
+                                   extent_layer=extent_layer, log=log)
     chips = build_chip_index(labelled, chip_size, stride, val_fraction=val_fraction, block_chips=block_chips,
                              seed=seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -746,6 +748,7 @@ def _write_chip_pair(src, raster, chip, name, folder):
     with rasterio.open(folder / "image" / name, "w", count=len(raster.band_index), dtype=data.dtype,
                        nodata=src.nodata, **common) as dst:
         dst.write(data)
+        dst.scales, dst.offsets = [raster.scale] * dst.count, [raster.offset] * dst.count
         for k, band in enumerate(raster.band_index, start=1):
             if src.descriptions[band - 1]:
                 dst.set_band_description(k, src.descriptions[band - 1])
@@ -753,7 +756,8 @@ def _write_chip_pair(src, raster, chip, name, folder):
         dst.write(labels, 1)
     return {"image": f"image/{name}", "mask": f"mask/{name}", "split": chip.split, "raster": raster.path,
             "row": chip.row, "col": chip.col, "positive_fraction": round(chip.positive_fraction, 6),
-            "valid_fraction": round(chip.valid_fraction, 6), "hard_negative": int(chip.hard_negative)}
+            "valid_fraction": round(chip.valid_fraction, 6), "hard_negative": int(chip.hard_negative),
+            "scale": raster.scale, "offset": raster.offset}
 
 
 def _unique_stems(paths):

@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from raster_files import write_raster
-from model_core.bands import DEFAULT_MODEL_BANDS
+from model_core.bands import DEFAULT_MODEL_BANDS, Radiometry, resolve_radiometry
 from model_core.data import (BALANCED_SPLIT, IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset,
                              _chip_overlaps, _split_by_blocks, build_chip_index, build_datasets,
                              compute_band_stats, export_chips, footprint_balance, label_raster, read_polygons,
@@ -351,6 +351,9 @@ def test_export_chips_writes_georeferenced_pairs_and_an_index(tmp_path):
         assert image.count == 6 and image.descriptions[4] == "B11" and image.transform == mask.transform
         assert image.transform.c == X0 and image.transform.f == Y0
         assert int((mask.read(1) == 1).sum()) == 400
+        # the radiometry the labels were made with travels with the chips: an engine reads it back
+        assert (float(first["scale"]), float(first["offset"])) == (1e-4, 0.0)
+        assert resolve_radiometry(image) == (Radiometry(1e-4, 0.0), "the raster's scale/offset metadata")
     with pytest.raises(OutputError, match="exists; .*--overwrite"):
         export_chips([raster], polygons, out, chip_size=32)
     export_chips([raster], polygons, out, chip_size=16, val_fraction=0, overwrite=True)
@@ -394,6 +397,10 @@ def test_export_chips_command(tmp_path, capsys):
                  str(tmp_path / "chips"), "--chip-size", "16", "--val-fraction", "0.25", "--seed", "1"]) == 0
     assert "validation chips in" in capsys.readouterr().out
     assert len(list((tmp_path / "chips" / "image").iterdir())) > 0
+    assert main(["export-chips", "--raster", str(raster), "--polygons", str(polygons), "--out-dir",
+                 str(tmp_path / "given"), "--chip-size", "16", "--scale", "2e-4", "--offset", "-0.1"]) == 0
+    with rasterio.open(next((tmp_path / "given" / "image").iterdir())) as chip:
+        assert chip.scales == (2e-4,) * 6 and chip.offsets == (-0.1,) * 6
     far = write_polygons(tmp_path / "far.gpkg", [pixel_box(1000, 1010, 0, 10)])
     assert main(["export-chips", "--raster", str(raster), "--polygons", str(far), "--out-dir",
                  str(tmp_path / "other")]) == 1

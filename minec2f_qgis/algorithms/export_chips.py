@@ -5,6 +5,7 @@ from pathlib import Path
 from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber)
 
+from .common import RADIOMETRY_HELP
 from .training import INPUTS_HELP, LabelledDataAlgorithm
 
 HELP = f"""Cuts rasters and footprint polygons into the square chips a MineC2F training sees, and writes them as \
@@ -14,11 +15,14 @@ GeoTIFF pairs, to inspect the labels or to train with other tools.
 <b>Chip size / stride</b>: chip width in pixels and the step between chips (not set: the chip size, no overlap); \
 the last row and column of chips are flush with the raster edge. Chips with less than a quarter of labelled \
 pixels are skipped.
+{RADIOMETRY_HELP} They are written to the chips' metadata and decide which chips count as hard negatives (bare \
+ground that is not a mine).
 <h3>Outputs</h3>
-<b>Output folder</b>: <code>image/</code> (all raster bands, original values), <code>mask/</code> (1 footprint, \
-0 background, 255 ignored) and <code>index.csv</code> (file names, train/val split by location, footprint share, \
-hard negatives). The folder appears only when complete. An existing folder is replaced only when it is empty or \
-holds an earlier export (index.csv, image/, mask/); any other folder is refused. CHIP_COUNT: chips written."""
+<b>Output folder</b>: <code>image/</code> (all raster bands, original values, with the reflectance scale and \
+offset as band metadata), <code>mask/</code> (1 footprint, 0 background, 255 ignored) and <code>index.csv</code> \
+(file names, train/val split by location, footprint share, hard negatives, scale and offset). The folder appears \
+only when complete. An existing folder is replaced only when it is empty or holds an earlier export (index.csv, \
+image/, mask/); any other folder is refused. CHIP_COUNT: chips written."""
 
 EXPORT_CONTENTS = {"index.csv", "image", "mask"}
 
@@ -27,7 +31,8 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
     STRIDE = "STRIDE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     CHIP_COUNT = "CHIP_COUNT"
-    ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, "--stride": STRIDE, "--out-dir": OUTPUT_FOLDER}
+    ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, **LabelledDataAlgorithm.RADIOMETRY_OPTIONS,
+                      "--stride": STRIDE, "--out-dir": OUTPUT_FOLDER}
 
     def name(self):
         return "export_chips"
@@ -46,6 +51,8 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.STRIDE, "Stride in pixels (not set: the chip size)", QgsProcessingParameterNumber.Integer,
             optional=True, minValue=1))
+        for parameter in self.radiometry_parameters():
+            self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder"))
         self.addOutput(QgsProcessingOutputNumber(self.CHIP_COUNT, "Number of chips"))
 
@@ -67,6 +74,7 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
         stride = self.parameterAsInt(parameters, self.STRIDE, context) if parameters.get(self.STRIDE) else None
         result = export_chips(
             self.rasters, self.polygons, self.output_folder(parameters, context), extent=self.extent,
-            chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context), stride=stride, overwrite=True,
+            chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context), stride=stride,
+            **self.radiometry(parameters, context), overwrite=True,
             progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=self.engine_log(feedback))
         return {self.OUTPUT_FOLDER: result.out_dir, self.CHIP_COUNT: result.train_count + result.val_count}

@@ -192,9 +192,11 @@ def test_export_chips_writes_counted_pairs_and_replaces_only_an_earlier_export(p
     assert len(list((folder / "image").glob("*.tif"))) == len(list((folder / "mask").glob("*.tif"))) == 9
     assert {row["split"] for row in rows} == {"train", "val"}
 
-    results = processing.run("minec2f:export_chips", {**parameters, "STRIDE": 32})  # replaces the earlier export
+    results = processing.run("minec2f:export_chips", {**parameters, "STRIDE": 32, "OFFSET": -0.05})  # replaces it
     with open(folder / "index.csv") as stream:
-        assert results["CHIP_COUNT"] == len(list(csv.DictReader(stream))) > 9  # overlapping chips
+        rows = list(csv.DictReader(stream))
+    assert results["CHIP_COUNT"] == len(rows) > 9  # overlapping chips
+    assert {(row["scale"], row["offset"]) for row in rows} == {("0.0001", "-0.05")}  # scale detected
     assert len(list((folder / "image").glob("*.tif"))) == results["CHIP_COUNT"]
     (folder / "notes.txt").write_text("not a chip")
     with pytest.raises(QgsProcessingException, match="holds other files"):
