@@ -3,13 +3,14 @@ landscape (3 mines each), IoU on scene B of the bundled model and of students fi
 defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-scenes``).
 
     .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--rehearsal 0 4] [--seed 0] [--method minec2f]
-        [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2]
+        [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2] [--by-class]
 
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
 share a strong shift the bundled model never saw (per-band gain 0.75-1.3, haze, winter or dry season, brighter or
 weathered mines), as imagery from another sensor would. Each student is scored at the threshold it chose, the
-bundled model at its own; the columns at 0.85 score every model at the bundled model's threshold. Runs train in
-worker processes, one thread each.
+bundled model at its own; the columns at 0.85 score every model at the bundled model's threshold. ``--by-class``
+also prints each model's false positives and missed footprint pixels on scene B by the generator's land-cover
+class, beside each class's share of scene A. Runs train in worker processes, one thread each.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,7 +33,8 @@ from model_core import paths  # noqa: E402
 from model_core.bundle import load_bundle  # noqa: E402
 from model_core.metrics import iou_by_threshold  # noqa: E402
 from model_core.pipeline import segment_scene  # noqa: E402
-from model_core.synthetic import DomainShift, make_scene, write_scene  # noqa: E402
+from model_core.rasters import decode_probability  # noqa: E402
+from model_core.synthetic import CLASSES, DomainShift, make_scene, write_scene  # noqa: E402
 
 # name: (landscape, seed of scene A, seed of scene B, L2A +1000 offset, shared shift seed or None)
 PAIRS = {
@@ -52,11 +55,25 @@ def sensor_shift(seed, landscape):
                        mine_brightness=float(rng.uniform(0.75, 1.25)), terrace_contrast=float(rng.uniform(0.4, 1.6)))
 
 
-def write_pair(name, work):
+def make_pair(name):
+    """Scenes A and B of pair ``name`` (SyntheticScene)."""
     landscape, seed_a, seed_b, offset, shift_seed = PAIRS[name]
     shift = sensor_shift(shift_seed, landscape) if shift_seed is not None else DomainShift(landscape=landscape)
-    return [write_scene(make_scene(512, seed, shift=shift, l2a_offset=offset, mines=3), work / name / part, "scene")
-            for part, seed in (("a", seed_a), ("b", seed_b))]
+    return [make_scene(512, seed, shift=shift, l2a_offset=offset, mines=3) for seed in (seed_a, seed_b)]
+
+
+def write_pair(name, work, scenes=None):
+    """The files of scenes A and B (``scenes``, default :func:`make_pair`) in ``work / name``."""
+    return [write_scene(scene, work / name / part, "scene") for part, scene in zip("ab", scenes or make_pair(name))]
+
+
+def errors_by_class(prob_path, threshold, scene):
+    """{land-cover class: (false-positive pixels, missed footprint pixels)} of a probability raster of ``scene``."""
+    with rasterio.open(prob_path) as src:
+        probability, valid = decode_probability(src.read(1))
+    predicted, truth = valid & (probability >= threshold), scene.fine.astype(bool)
+    return {name: (int((predicted & ~truth & (scene.kinds == k)).sum()),
+                   int((~predicted & truth & (scene.kinds == k)).sum())) for k, name in enumerate(CLASSES)}
 
 
 def iou_on(bundle_path, scene, out):
@@ -70,13 +87,20 @@ def iou_on(bundle_path, scene, out):
     return scores[threshold], scores[0.85], threshold
 
 
-def run_pair(name, work, epochs, rehearsals, seed, method, options):
-    """{model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds)} for one pair; ``options``:
-    more command-line arguments for the students."""
+def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=False):
+    """{model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds, errors_by_class or None)} for
+    one pair; ``options``: more command-line arguments for the students."""
     os.environ["MINEC2F_THREADS"] = "1"
-    scene_a, scene_b = write_pair(name, work)
+    scenes = make_pair(name)
+    scene_a, scene_b = write_pair(name, work, scenes)
     folder = work / name
-    rows = {"bundled model": (*iou_on(paths.DEFAULT_MODEL, scene_b, folder / "bundled"), 0.0)}
+
+    def scores(bundle_path, out, seconds):
+        iou, at_085, threshold = iou_on(bundle_path, scene_b, out)
+        errors = errors_by_class(out / "prob.tif", threshold, scenes[1]) if by_class else None
+        return iou, at_085, threshold, seconds, errors
+
+    rows = {"bundled model": scores(paths.DEFAULT_MODEL, folder / "bundled", 0.0)}
     label = "student" if method == "minec2f" else method
     for rehearsal in rehearsals:
         student = folder / f"{label}_rehearsal{rehearsal}.safetensors"
@@ -88,8 +112,8 @@ def run_pair(name, work, epochs, rehearsals, seed, method, options):
                              cwd=ROOT, capture_output=True, text=True)
         if run.returncode:
             raise RuntimeError(f"fine-tuning on {name} failed: {run.stderr.strip()[-2000:]}")
-        seconds = time.perf_counter() - started
-        rows[f"{label}, {rehearsal} rehearsal scenes"] = (*iou_on(student, scene_b, folder / student.stem), seconds)
+        rows[f"{label}, {rehearsal} rehearsal scenes"] = scores(student, folder / student.stem,
+                                                                time.perf_counter() - started)
     return name, rows
 
 
@@ -103,6 +127,7 @@ def main():
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=list(PAIRS))
     parser.add_argument("--work", help="keep scenes and students here (default: a temporary folder)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pairs at once, one thread each")
+    parser.add_argument("--by-class", action="store_true", help="also errors on scene B by land-cover class")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +136,8 @@ def main():
             results = dict(pool.map(run_pair, args.pairs, [work] * len(args.pairs),
                                     [args.epochs] * len(args.pairs), [args.rehearsal] * len(args.pairs),
                                     [args.seed] * len(args.pairs), [args.method] * len(args.pairs),
-                                    [["--freeze-encoder"] if args.freeze_encoder else []] * len(args.pairs)))
+                                    [["--freeze-encoder"] if args.freeze_encoder else []] * len(args.pairs),
+                                    [args.by_class] * len(args.pairs)))
     models = list(next(iter(results.values())))
     print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs with the CLI defaults, method "
           f"{args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}; "
@@ -119,7 +145,7 @@ def main():
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
     for name, rows in results.items():
         print(f"{name:20}" + "".join(f"{f'{iou:.3f} (t {t:.2f}) / {at_085:.3f} at 0.85':>40}"
-                                     for iou, at_085, t, _ in rows.values()))
+                                     for iou, at_085, t, *_ in rows.values()))
     for label, column in (("mean", 0), ("mean at 0.85", 1)):
         print(f"{label:20}" + "".join(f"{np.mean([rows[m][column] for rows in results.values()]):40.3f}"
                                       for m in models))
@@ -127,6 +153,22 @@ def main():
         gains = [rows[model][0] - rows["bundled model"][0] for rows in results.values()]
         print(f"{model}: better than the bundled model on {sum(g > 0 for g in gains)} of {len(gains)} pairs, "
               f"IoU change {min(gains):+.3f} to {max(gains):+.3f}")
+    if args.by_class:
+        print_errors_by_class(results, models)
+
+
+def print_errors_by_class(results, models):
+    print("\nPixels of scene B wrongly called footprint (FP) or missed (FN), by land-cover class of either scene; "
+          "A %: the class's share of scene A, B px: its footprint pixels in scene B")
+    for name, rows in results.items():
+        scene_a, scene_b = make_pair(name)
+        print(f"{name:20}{'A %':>7}{'B px':>7}" + "".join(f"{model[:28] + ' FP / FN':>40}" for model in models))
+        for k, kind in enumerate(CLASSES):
+            counts = [rows[model][4][kind] for model in models]
+            if (scene_a.kinds == k).any() or (scene_b.kinds == k).any():
+                footprint = int((scene_b.fine.astype(bool) & (scene_b.kinds == k)).sum())
+                print(f"  {kind:18}{100 * np.mean(scene_a.kinds == k):7.2f}{footprint:7d}"
+                      + "".join(f"{f'{fp} / {fn}':>40}" for fp, fn in counts))
 
 
 if __name__ == "__main__":
