@@ -185,8 +185,8 @@ class MineC2FDock(QgsDockWidget):
             self.radiometry_box.toggled.connect(box.setEnabled)
             form.addRow(label, box)
 
-    def radiometry_parameters(self):
-        """SCALE and OFFSET when the user set them, else nothing (the engine reads or detects them)."""
+    def radiometry_choice(self):
+        """SCALE and OFFSET parameters when the user set them, else nothing (the engine reads or detects them)."""
         if not self.radiometry_box.isChecked():
             return {}
         return {"SCALE": self.scale_box.value(), "OFFSET": self.offset_box.value()}
@@ -337,7 +337,7 @@ class MineC2FDock(QgsDockWidget):
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
                 "THRESHOLD": self.threshold_box.value(), "MIN_AREA_HA": self.min_area_box.value(),
                 "OUTPUT_PROBABILITY": str(paths[0]), "OUTPUT_MASK": str(paths[1]),
-                "OUTPUT_FOOTPRINTS": str(paths[2]), **self.radiometry_parameters()}
+                "OUTPUT_FOOTPRINTS": str(paths[2]), **self.radiometry_choice()}
 
     def finetune_parameters(self):
         """minec2f:finetune_student parameters: the selected model as teacher, the selected raster and band
@@ -366,7 +366,7 @@ class MineC2FDock(QgsDockWidget):
                 "EXTENT": extent.id() if extent is not None else None, "METHOD": 0,
                 "EPOCHS": self.epochs_box.value(), "BANDS": self.band_mapping_text(),
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
-                "OUTPUT_MODEL": str(folder / f"{name}.safetensors"), **self.radiometry_parameters()}
+                "OUTPUT_MODEL": str(folder / f"{name}.safetensors"), **self.radiometry_choice()}
 
     def run(self):
         """Start minec2f:segment as a background task (QGIS stays responsive)."""
