@@ -76,6 +76,13 @@ def errors_by_class(prob_path, threshold, scene):
                    int((~predicted & truth & (scene.kinds == k)).sum())) for k, name in enumerate(CLASSES)}
 
 
+def class_counts(scene_a, scene_b):
+    """{land-cover class of either scene: (its % of scene A, its footprint pixels in scene B)}."""
+    footprint_b = scene_b.fine.astype(bool)
+    return {kind: (100 * float(np.mean(scene_a.kinds == k)), int((footprint_b & (scene_b.kinds == k)).sum()))
+            for k, kind in enumerate(CLASSES) if (scene_a.kinds == k).any() or (scene_b.kinds == k).any()}
+
+
 def iou_on(bundle_path, scene, out):
     """(IoU of ``bundle_path`` on ``scene`` at its own threshold, IoU at 0.85, its threshold); float32 on every
     CPU."""
@@ -88,8 +95,8 @@ def iou_on(bundle_path, scene, out):
 
 
 def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=False):
-    """{model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds, errors_by_class or None)} for
-    one pair; ``options``: more command-line arguments for the students."""
+    """(name, {model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds, errors_by_class or
+    None)}, class_counts or None) for one pair; ``options``: more command-line arguments for the students."""
     os.environ["MINEC2F_THREADS"] = "1"
     scenes = make_pair(name)
     scene_a, scene_b = write_pair(name, work, scenes)
@@ -114,7 +121,7 @@ def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=Fal
             raise RuntimeError(f"fine-tuning on {name} failed: {run.stderr.strip()[-2000:]}")
         rows[f"{label}, {rehearsal} rehearsal scenes"] = scores(student, folder / student.stem,
                                                                 time.perf_counter() - started)
-    return name, rows
+    return name, rows, class_counts(*scenes) if by_class else None
 
 
 def main():
@@ -133,11 +140,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = dict(pool.map(run_pair, args.pairs, [work] * len(args.pairs),
+            outputs = list(pool.map(run_pair, args.pairs, [work] * len(args.pairs),
                                     [args.epochs] * len(args.pairs), [args.rehearsal] * len(args.pairs),
                                     [args.seed] * len(args.pairs), [args.method] * len(args.pairs),
                                     [["--freeze-encoder"] if args.freeze_encoder else []] * len(args.pairs),
                                     [args.by_class] * len(args.pairs)))
+    results = {name: rows for name, rows, _ in outputs}
     models = list(next(iter(results.values())))
     print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs with the CLI defaults, method "
           f"{args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}; "
@@ -154,21 +162,17 @@ def main():
         print(f"{model}: better than the bundled model on {sum(g > 0 for g in gains)} of {len(gains)} pairs, "
               f"IoU change {min(gains):+.3f} to {max(gains):+.3f}")
     if args.by_class:
-        print_errors_by_class(results, models)
+        print_errors_by_class(outputs, models)
 
 
-def print_errors_by_class(results, models):
+def print_errors_by_class(outputs, models):
     print("\nPixels of scene B wrongly called footprint (FP) or missed (FN), by land-cover class of either scene; "
           "A %: the class's share of scene A, B px: its footprint pixels in scene B")
-    for name, rows in results.items():
-        scene_a, scene_b = make_pair(name)
+    for name, rows, classes in outputs:
         print(f"{name:20}{'A %':>7}{'B px':>7}" + "".join(f"{model[:28] + ' FP / FN':>40}" for model in models))
-        for k, kind in enumerate(CLASSES):
-            counts = [rows[model][4][kind] for model in models]
-            if (scene_a.kinds == k).any() or (scene_b.kinds == k).any():
-                footprint = int((scene_b.fine.astype(bool) & (scene_b.kinds == k)).sum())
-                print(f"  {kind:18}{100 * np.mean(scene_a.kinds == k):7.2f}{footprint:7d}"
-                      + "".join(f"{f'{fp} / {fn}':>40}" for fp, fn in counts))
+        for kind, (share_a, footprint_b) in classes.items():
+            print(f"  {kind:18}{share_a:7.2f}{footprint_b:7d}"
+                  + "".join(f"{f'{fp} / {fn}':>40}" for fp, fn in (rows[model][4][kind] for model in models)))
 
 
 if __name__ == "__main__":
