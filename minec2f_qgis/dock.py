@@ -32,20 +32,15 @@ DOCK_FIELDS = {"INPUT": "Raster", "RASTERS": "Raster", "MODEL": "Model", "TEACHE
 
 
 class CollectingFeedback(QgsProcessingFeedback):
-    """Feedback that keeps the error messages, to show the one that ended a failed run, and the log lines."""
+    """Feedback that keeps the error messages, to show the one that ended a failed run."""
 
     def __init__(self):
         super().__init__()
         self.errors = []
-        self.lines = []
 
     def reportError(self, error, fatalError=False):  # noqa: N802, N803 (QGIS API)
         self.errors.append(error)
         super().reportError(error, fatalError)
-
-    def pushInfo(self, info):  # noqa: N802 (QGIS API)
-        self.lines.append(info)
-        super().pushInfo(info)
 
 
 def in_dock_terms(message, algorithm):
@@ -433,10 +428,9 @@ class MineC2FDock(QgsDockWidget):
         add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
         seconds = time.monotonic() - self.started
         folder = Path(parameters["OUTPUT_FOOTPRINTS"]).parent
-        radiometry = next((line for line in self.feedback.lines if line.startswith("reflectance = ")), "")
         self.status.setText(f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b>"
                             f" in {seconds:.1f} s; files in {folder.name}/<br>"
-                            f"{html.escape(in_dock_terms(radiometry, self.algorithm), quote=False)}")
+                            f"{html.escape(in_dock_terms(results['REFLECTANCE'], self.algorithm), quote=False)}")
         self.status.setToolTip(str(folder))
 
     def finetuned(self, results, parameters):

@@ -22,7 +22,7 @@ import rasterio.errors
 import rasterio.windows
 from rasterio.windows import Window
 
-from .bands import RasterBandInfo, match_bands, resolve_radiometry
+from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, load_bundle
 from .device import resolve_device
 from .errors import InputError, OutputError
@@ -41,6 +41,7 @@ class SegmentationResult:
     footprint_count: int
     total_area_ha: float
     device_name: str
+    radiometry: Radiometry
     radiometry_reason: str
 
 
@@ -102,7 +103,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
     return SegmentationResult(prob_path=staged.final["prob"], mask_path=staged.final["mask"],
                               footprints_path=staged.final["footprints"], footprint_count=vectors.count,
                               total_area_ha=vectors.total_area_ha, device_name=device_info.name,
-                              radiometry_reason=radiometry_reason)
+                              radiometry=radiometry, radiometry_reason=radiometry_reason)
 
 
 class StagedOutputs:

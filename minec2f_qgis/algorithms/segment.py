@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsProcessing, QgsProcessingException,
-                       QgsProcessingOutputNumber, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
-                       QgsProcessingParameterExtent, QgsProcessingParameterFile, QgsProcessingParameterNumber,
+from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterExtent,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
-from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, layer_file
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, in_parameter_terms, layer_file
 
 HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
 scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
@@ -32,7 +32,8 @@ the model's values. Larger tiles are faster on a GPU and need more memory.
 <b>Footprint probability</b>: GeoTIFF on the input's grid, 0-254 = probability 0-1, 255 = nodata.
 <b>Footprint mask</b>: GeoTIFF, 1 = footprint, 0 = background, 255 = nodata.
 <b>Mining footprints</b>: GeoPackage polygons with area_ha (true area), perimeter_m, mean_prob, max_prob, model \
-and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and scripts.
+and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and scripts, and REFLECTANCE: the \
+scale and offset used and why.
 Output files that exist are replaced, as in every Processing algorithm; a cancelled or failed run writes nothing."""
 
 
@@ -50,6 +51,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     OUTPUT_FOOTPRINTS = "OUTPUT_FOOTPRINTS"
     FOOTPRINT_COUNT = "FOOTPRINT_COUNT"
     TOTAL_AREA_HA = "TOTAL_AREA_HA"
+    REFLECTANCE = "REFLECTANCE"
     ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS, "--model": MODEL,
                       "--device": DEVICE, "--tile": TILE_SIZE, "--overlap": OVERLAP, "--threshold": THRESHOLD,
                       "--min-area-ha": MIN_AREA_HA, "--bounds": EXTENT}
@@ -99,6 +101,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             self.OUTPUT_FOOTPRINTS, "Mining footprints", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber(self.FOOTPRINT_COUNT, "Number of footprints"))
         self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA_HA, "Total footprint area (ha)"))
+        self.addOutput(QgsProcessingOutputString(self.REFLECTANCE, "Reflectance scale and offset used, and why"))
 
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
@@ -138,7 +141,9 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             style_on_load(context, str(outputs[name]), style)
         return {self.OUTPUT_PROBABILITY: str(result.prob_path), self.OUTPUT_MASK: str(result.mask_path),
                 self.OUTPUT_FOOTPRINTS: str(result.footprints_path),
-                self.FOOTPRINT_COUNT: result.footprint_count, self.TOTAL_AREA_HA: result.total_area_ha}
+                self.FOOTPRINT_COUNT: result.footprint_count, self.TOTAL_AREA_HA: result.total_area_ha,
+                self.REFLECTANCE: in_parameter_terms(f"{result.radiometry} ({result.radiometry_reason})",
+                                                     self.ENGINE_OPTIONS)}
 
     def _output_path(self, parameters, name, context, suffixes):
         """The destination file of output ``name``; the engine writes GeoTIFF and GeoPackage files only."""

@@ -99,7 +99,14 @@ def test_one_band_raster_names_the_missing_bands(plugin, make_raster, constant_b
 
 
 def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, constant_bundle_path):
-    from minec2f_qgis.dock import CollectingFeedback
+    class Log(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def pushInfo(self, info):  # noqa: N802 (QGIS API)
+            super().pushInfo(info)
+            self.lines.append(info)
 
     # The known scene is bright (no pixel below 1200 DN), so the engine takes it for Sentinel-2 L2A with the +1000
     # DN offset, says so and names the parameter that overrides it.
@@ -107,11 +114,12 @@ def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, cons
                 "(no pixel darker than 1200 DN in any band; set the offset to 0 (OFFSET) if the raster has none))")
     for parameters, expected in (({}, detected), ({"OFFSET": 0.0}, "DN * 0.0001 + 0 (given)"),
                                  ({"SCALE": 0.0002, "OFFSET": -0.1}, "DN * 0.0002 - 0.1 (given)")):
-        log = CollectingFeedback()
-        processing.run("minec2f:segment", {"INPUT": str(known_scene), "MODEL": str(constant_bundle_path),
-                                           "OUTPUT_PROBABILITY": TEMP, "OUTPUT_MASK": TEMP,
-                                           "OUTPUT_FOOTPRINTS": TEMP, **parameters}, feedback=log)
+        log = Log()
+        results = processing.run("minec2f:segment", {"INPUT": str(known_scene), "MODEL": str(constant_bundle_path),
+                                                     "OUTPUT_PROBABILITY": TEMP, "OUTPUT_MASK": TEMP,
+                                                     "OUTPUT_FOOTPRINTS": TEMP, **parameters}, feedback=log)
         assert any(expected in line for line in log.lines), log.lines
+        assert results["REFLECTANCE"] == f"reflectance = {expected}"  # also an output, for models and the dock
 
 
 def test_unwritable_output_is_refused_before_any_work(plugin, known_scene, constant_bundle_path, tmp_path):
