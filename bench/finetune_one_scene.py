@@ -2,8 +2,8 @@
 landscape (3 mines each), IoU on scene B of the bundled model and of students fine-tuned with the command line's
 defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-scenes``).
 
-    .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--rehearsal 0 4] [--seed 0] [--method minec2f]
-        [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2] [--by-class]
+    .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--steps-per-epoch N] [--rehearsal 0 4] [--seed 0]
+        [--method minec2f] [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2] [--by-class]
 
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
 share a strong shift the bundled model never saw (per-band gain 0.75-1.3, haze, winter or dry season, brighter or
@@ -127,6 +127,7 @@ def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=Fal
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--steps-per-epoch", type=int, help="the CLI's --steps-per-epoch (default: its own)")
     parser.add_argument("--rehearsal", type=int, nargs="+", default=[0, 4], help="rehearsal scenes of the students")
     parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the CLI's --seed)")
     parser.add_argument("--method", default="minec2f", help="the students' method (the CLI's --method)")
@@ -136,6 +137,9 @@ def main():
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pairs at once, one thread each")
     parser.add_argument("--by-class", action="store_true", help="also errors on scene B by land-cover class")
     args = parser.parse_args()
+    options = ["--freeze-encoder"] if args.freeze_encoder else []
+    if args.steps_per_epoch:
+        options += ["--steps-per-epoch", str(args.steps_per_epoch)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -143,12 +147,13 @@ def main():
             outputs = list(pool.map(run_pair, args.pairs, [work] * len(args.pairs),
                                     [args.epochs] * len(args.pairs), [args.rehearsal] * len(args.pairs),
                                     [args.seed] * len(args.pairs), [args.method] * len(args.pairs),
-                                    [["--freeze-encoder"] if args.freeze_encoder else []] * len(args.pairs),
+                                    [options] * len(args.pairs),
                                     [args.by_class] * len(args.pairs)))
     results = {name: rows for name, rows, _ in outputs}
     models = list(next(iter(results.values())))
-    print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs with the CLI defaults, method "
-          f"{args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}; "
+    steps = f" of {args.steps_per_epoch} steps" if args.steps_per_epoch else ""
+    print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs{steps} with the CLI defaults, "
+          f"method {args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}; "
           f"{(time.perf_counter() - started) / 60:.1f} min, {args.workers} pairs at once")
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
     for name, rows in results.items():

@@ -132,6 +132,9 @@ def _add_training_arguments(parser, run_defaults):
     parser.add_argument("--chip-size", type=int, default=run_defaults["chip_size"], metavar="N")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: half the chip size)")
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
+    parser.add_argument("--steps-per-epoch", type=int, metavar="N",
+                        help="optimiser steps per epoch (default: one pass over the training chips, at least "
+                             f"{defaults.MIN_STEPS_PER_EPOCH})")
     parser.add_argument("--patience", type=int, default=run_defaults["patience"], metavar="N",
                         help="early stopping patience (epochs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -178,8 +181,8 @@ def _training_call(args):
     from .train import TrainConfig
 
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
-              "stride": args.stride, "max_chips": args.max_chips, "patience": args.patience, "seed": args.seed,
-              "device": args.device}
+              "stride": args.stride, "max_chips": args.max_chips, "steps_per_epoch": args.steps_per_epoch,
+              "patience": args.patience, "seed": args.seed, "device": args.device}
     for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes", "freeze_encoder"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

@@ -12,6 +12,8 @@ TEACHER = {"epochs": 30, "batch": 8, "lr": 1e-3, "chip_size": 256, "patience": 8
 # lower rate that moves the teacher's weights less (the settings bench/finetune_one_scene.py measures)
 STUDENT = {**TEACHER, "epochs": 20, "batch": 4, "lr": 3e-4, "chip_size": 128}
 
+MIN_STEPS_PER_EPOCH = 20  # a few hand-digitised polygons give a few chips: an epoch still trains for a while
+
 LAMBDA_FEAT = 0.1  # 1.0 held the student to the coarse teacher's outlines
 LAMBDA_PRED = 1.0
 TEMPERATURE = 2.0

@@ -61,7 +61,6 @@ DISTILLING = ("minec2f", "kd")
 TEACHER_INIT = ("minec2f", "kd", "finetune")  # students that start from the teacher's weights
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 20))  # 0.1 .. 0.95: validation picks the bundle's
 REHEARSAL_SEED = 7919
-MIN_STEPS_PER_EPOCH = 20  # a few hand-digitised polygons give a few chips: an epoch still trains for a while
 
 
 @dataclass
@@ -106,6 +105,8 @@ class TrainConfig:
         for name in ("epochs", "batch", "chip_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise InputError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
         if self.chip_size % (2 ** self.encoder_depth):
             raise InputError(f"chip size {self.chip_size} must be a multiple of {2 ** self.encoder_depth}")
         if self.temperature <= 0 or self.lr <= 0:
@@ -272,7 +273,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
     loader = torch.utils.data.DataLoader(
         data.train, batch_size=config.batch, sampler=data.sampler, drop_last=True,
         num_workers=loader_workers(config, info), pin_memory=info.is_cuda)
-    steps = config.steps_per_epoch or max(MIN_STEPS_PER_EPOCH, len(loader))
+    steps = config.steps_per_epoch or max(defaults.MIN_STEPS_PER_EPOCH, len(loader))
     total = steps * config.epochs
     net.model.encoder.requires_grad_(not config.freeze_encoder)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
