@@ -2,7 +2,7 @@
 landscape (3 mines each), IoU on scene B of the bundled model and of students fine-tuned with the command line's
 defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-scenes``).
 
-    .venv/bin/python bench/finetune_one_scene.py [--epochs 5] [--steps-per-epoch N] [--rehearsal 0 4] [--seed 0]
+    .venv/bin/python bench/finetune_one_scene.py [--epochs N] [--steps-per-epoch N] [--rehearsal 0 4] [--seed 0]
         [--method minec2f] [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2] [--by-class]
 
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
@@ -29,7 +29,7 @@ import rasterio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model_core import paths  # noqa: E402
+from model_core import defaults, paths  # noqa: E402
 from model_core.bundle import load_bundle  # noqa: E402
 from model_core.metrics import iou_by_threshold  # noqa: E402
 from model_core.pipeline import segment_scene  # noqa: E402
@@ -126,7 +126,7 @@ def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=Fal
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=defaults.STUDENT["epochs"], help="the CLI's --epochs")
     parser.add_argument("--steps-per-epoch", type=int, help="the CLI's --steps-per-epoch (default: its own)")
     parser.add_argument("--rehearsal", type=int, nargs="+", default=[0, 4], help="rehearsal scenes of the students")
     parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the CLI's --seed)")

@@ -134,7 +134,7 @@ def _add_training_arguments(parser, run_defaults):
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
     parser.add_argument("--steps-per-epoch", type=int, metavar="N",
                         help="optimiser steps per epoch (default: one pass over the training chips, at least "
-                             f"{defaults.MIN_STEPS_PER_EPOCH})")
+                             f"{run_defaults['min_steps_per_epoch']})")
     parser.add_argument("--patience", type=int, default=run_defaults["patience"], metavar="N",
                         help="early stopping patience (epochs)")
     parser.add_argument("--seed", type=int, default=0)
@@ -143,6 +143,7 @@ def _add_training_arguments(parser, run_defaults):
     _add_radiometry_arguments(parser, "for every --raster (default: from each raster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.set_defaults(min_steps_per_epoch=run_defaults["min_steps_per_epoch"])
 
 
 def add_train_command(subparsers):
@@ -182,7 +183,8 @@ def _training_call(args):
 
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
               "stride": args.stride, "max_chips": args.max_chips, "steps_per_epoch": args.steps_per_epoch,
-              "patience": args.patience, "seed": args.seed, "device": args.device}
+              "min_steps_per_epoch": args.min_steps_per_epoch, "patience": args.patience, "seed": args.seed,
+              "device": args.device}
     for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes", "freeze_encoder"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

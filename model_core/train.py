@@ -77,7 +77,8 @@ class TrainConfig:
     stride: int = None              # default: half the chip size
     val_fraction: float = 0.2
     max_chips: int = None
-    steps_per_epoch: int = None     # default: one pass over the training chips, at least MIN_STEPS_PER_EPOCH
+    steps_per_epoch: int = None     # default: one pass over the training chips, at least min_steps_per_epoch
+    min_steps_per_epoch: int = defaults.TEACHER["min_steps_per_epoch"]
     seed: int = 0
     lambda_feat: float = defaults.LAMBDA_FEAT
     lambda_pred: float = defaults.LAMBDA_PRED
@@ -102,7 +103,7 @@ class TrainConfig:
     def check(self):
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
-        for name in ("epochs", "batch", "chip_size"):
+        for name in ("epochs", "batch", "chip_size", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -273,8 +274,10 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
     loader = torch.utils.data.DataLoader(
         data.train, batch_size=config.batch, sampler=data.sampler, drop_last=True,
         num_workers=loader_workers(config, info), pin_memory=info.is_cuda)
-    steps = config.steps_per_epoch or max(defaults.MIN_STEPS_PER_EPOCH, len(loader))
+    steps = config.steps_per_epoch or max(config.min_steps_per_epoch, len(loader))
     total = steps * config.epochs
+    log(f"{config.epochs} epoch{'s' * (config.epochs > 1)} of {steps} steps, each of {config.batch} of the "
+        f"{len(data.train)} training chips")
     net.model.encoder.requires_grad_(not config.freeze_encoder)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -332,7 +335,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
                     break
         fields, metrics = _validate(net, data, config, info)
         best_t = fields["best_threshold"]
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), **fields,
+        row = {"epoch": epoch, "steps": steps, "loss": float(np.mean(losses)), **fields,
                "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
         state["history"].append(row)
         log(f"epoch {epoch}/{config.epochs}: loss {row['loss']:.4f}, val IoU {row['val_iou']:.3f}, "

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from model_core import cli
-from model_core.errors import Cancelled
+from model_core import cli, defaults
+from model_core.errors import Cancelled, InputError
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 
@@ -77,3 +77,17 @@ def test_the_parser_is_built_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     modules = set(json.loads(result.stdout))
     assert "argparse" in modules and not modules & {"torch", "segmentation_models_pytorch", "rasterio"}
+
+
+@pytest.mark.parametrize("command, run_defaults", [("train", defaults.TEACHER), ("finetune", defaults.STUDENT)])
+def test_an_epoch_is_at_least_the_commands_minimum_unless_set(command, run_defaults):
+    """A teacher's epoch: one pass over its chips, at least 20 steps; a student's (a few polygons): at least 100."""
+    required = ["--raster", "r.tif", "--polygons", "p.gpkg", "--out", "o.safetensors"]
+    required += ["--teacher", "t.safetensors"] if command == "finetune" else []
+    config, _ = cli._training_call(cli.build_parser().parse_args([command, *required]))
+    assert (config.steps_per_epoch, config.min_steps_per_epoch) == (None, run_defaults["min_steps_per_epoch"])
+    assert config.epochs == run_defaults["epochs"]
+    config, _ = cli._training_call(cli.build_parser().parse_args([command, *required, "--steps-per-epoch", "7"]))
+    assert config.steps_per_epoch == 7
+    with pytest.raises(InputError, match="steps per epoch must be at least 1"):
+        type(config)(steps_per_epoch=0).check()

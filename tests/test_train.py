@@ -1,6 +1,7 @@
 """Teacher training and student fine-tuning on small synthetic domains: learning, provenance, cancel/resume and
 bad input. Tiny chips and few steps keep it to seconds; bench/coarse_to_fine.py measures accuracy properly."""
 
+import csv
 import errno
 import json
 
@@ -12,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from raster_files import write_raster
+from model_core import defaults
 from model_core import train as training
 from model_core.bands import DEFAULT_MODEL_BANDS, Band, RasterBandInfo, match_bands, resolve_radiometry
 from model_core.bundle import load_bundle, save_bundle
@@ -247,9 +249,14 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     spec = load_bundle(tmp_path / "cli.safetensors").spec
     assert spec.role == "student"
     assert spec.training["radiometry"] == ["given"] * len(images)  # --scale for every raster, offset still detected
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "model:" in out
     assert f"validation IoU {spec.metrics['val_iou']:.3f} at threshold {spec.threshold}" in out  # the bundle's own
+    # a student's epoch on a few chips is still long enough to learn from (a teacher's: at least 20 steps)
+    steps = defaults.STUDENT["min_steps_per_epoch"]
+    with open(tmp_path / "cli.log.csv") as stream:
+        assert [row["steps"] for row in csv.DictReader(stream)] == [str(steps)]
+    assert f"1 epoch of {steps} steps" in err
     assert main(args) == 1  # exists: refused, one line
     assert capsys.readouterr().err.startswith("error: ")
 

@@ -20,7 +20,9 @@ multi-layer GeoPackage or a scratch layer is copied to a temporary GeoPackage fi
 inside it everything that is not a footprint is background. Not set: every raster is labelled everywhere, so only \
 leave it out when the polygons are complete over the rasters."""
 
-TRAINING_HELP = """<b>Epochs</b>: passes over the training chips; training stops early when the validation IoU \
+TRAINING_HELP = f"""<b>Epochs</b>: passes over the training chips, each at least \
+{defaults.TEACHER["min_steps_per_epoch"]} steps for a teacher and {defaults.STUDENT["min_steps_per_epoch"]} for a \
+student (so a few polygons train enough in a few epochs); training stops early when the validation IoU \
 has not improved for several epochs. <b>Batch size</b>: chips per step; lower it when memory runs out or the \
 polygons give too few chips. <b>Chip size</b>: square training windows in pixels (a multiple of 16). \
 <b>Learning rate</b>: AdamW step size, warmed up then decayed.
@@ -170,6 +172,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            min_steps_per_epoch=self.DEFAULTS["min_steps_per_epoch"],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
             **self.method_config(parameters, context))
         result = self.train(
