@@ -210,6 +210,9 @@ class MineC2FDock(QgsDockWidget):
         self.epochs_box = QSpinBox()
         self.epochs_box.setRange(1, 500)
         self.epochs_box.setValue(FinetuneStudentAlgorithm.DEFAULTS["epochs"])
+        self.epochs_box.setToolTip(f"Passes over the chips cut around your footprints, each at least "
+                                   f"{FinetuneStudentAlgorithm.DEFAULTS['min_steps_per_epoch']} steps, so the "
+                                   "default suits the polygons of one scene; validation keeps the best epoch.")
         form.addRow("Epochs", self.epochs_box)
         self.model_name = QLineEdit()
         self.model_name.setPlaceholderText("automatic: <raster>_finetuned")
