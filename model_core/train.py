@@ -432,9 +432,11 @@ def _imagery_batches(data, config, info):
 
 
 def _write_log(path, history):
+    """The history as CSV; columns of every row, since a run resumed from an older version's checkpoint has rows
+    without the newer columns."""
     temp = Path(f"{path}.partial")
     with open(temp, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(history[0]))
+        writer = csv.DictWriter(stream, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
         writer.writeheader()
         writer.writerows(history)
     os.replace(temp, path)

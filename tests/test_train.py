@@ -252,7 +252,7 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "model:" in out
     assert f"validation IoU {spec.metrics['val_iou']:.3f} at threshold {spec.threshold}" in out  # the bundle's own
-    # a student's epoch on a few chips is still long enough to learn from (a teacher's: at least 20 steps)
+    # a student's epoch on a few chips is still long enough to learn from
     steps = defaults.STUDENT["min_steps_per_epoch"]
     with open(tmp_path / "cli.log.csv") as stream:
         assert [row["steps"] for row in csv.DictReader(stream)] == [str(steps)]
@@ -419,3 +419,10 @@ def test_a_student_segments_with_its_teachers_tiles(domains, tmp_path):
     parent = load_bundle(DEFAULT_MODEL).spec
     spec = load_bundle(result.bundle_path).spec
     assert parent.tile_size == 512 and (spec.tile_size, spec.overlap) == (parent.tile_size, parent.overlap)
+
+
+def test_the_log_of_a_run_resumed_from_an_older_checkpoint_keeps_every_column(tmp_path):
+    training._write_log(tmp_path / "log.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "steps": 100, "loss": 0.4}])
+    with open(tmp_path / "log.csv") as stream:
+        assert list(csv.DictReader(stream)) == [{"epoch": "1", "loss": "0.5", "steps": ""},
+                                                {"epoch": "2", "steps": "100", "loss": "0.4"}]
