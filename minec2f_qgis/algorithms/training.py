@@ -22,8 +22,8 @@ leave it out when the polygons are complete over the rasters."""
 
 TRAINING_HELP = f"""<b>Epochs</b>: passes over the training chips, each at least \
 {defaults.TEACHER["min_steps_per_epoch"]} steps for a teacher and {defaults.STUDENT["min_steps_per_epoch"]} for a \
-student (so a few polygons train enough in a few epochs); training stops early when the validation IoU \
-has not improved for several epochs. <b>Batch size</b>: chips per step; lower it when memory runs out or the \
+student (so a few polygons train enough in a few epochs), unless <b>Steps per epoch</b> (advanced) sets it; \
+training stops early when the validation IoU has not improved for several epochs. <b>Batch size</b>: chips per step; lower it when memory runs out or the \
 polygons give too few chips. <b>Chip size</b>: square training windows in pixels (a multiple of 16). \
 <b>Learning rate</b>: AdamW step size, warmed up then decayed.
 <b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one; on a CPU expect minutes per epoch.
@@ -93,6 +93,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     :meth:`train` (the engine call)."""
     EPOCHS = "EPOCHS"
     BATCH = "BATCH"
+    STEPS_PER_EPOCH = "STEPS_PER_EPOCH"
     LEARNING_RATE = "LEARNING_RATE"
     DEVICE = "DEVICE"
     RESUME = "RESUME"
@@ -103,7 +104,8 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
     ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS,
-                      "--epochs": EPOCHS, "--batch": BATCH, "--lr": LEARNING_RATE, "--device": DEVICE,
+                      "--epochs": EPOCHS, "--batch": BATCH, "--steps-per-epoch": STEPS_PER_EPOCH,
+                      "--lr": LEARNING_RATE, "--device": DEVICE,
                       "--resume": RESUME, "--out": OUTPUT_MODEL}
 
     def method_parameters(self):
@@ -126,6 +128,12 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
                                      (self.BATCH, "Batch size", self.DEFAULTS["batch"])):
             self.addParameter(QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
                                                            defaultValue=default, minValue=1))
+        steps = QgsProcessingParameterNumber(
+            self.STEPS_PER_EPOCH, f"Steps per epoch (0: one pass over the chips, at least "
+            f"{self.DEFAULTS['min_steps_per_epoch']})", QgsProcessingParameterNumber.Integer, defaultValue=0,
+            minValue=0)
+        steps.setFlags(steps.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(steps)
         self.addParameter(QgsProcessingParameterNumber(
             self.LEARNING_RATE, "Learning rate", QgsProcessingParameterNumber.Double,
             defaultValue=self.DEFAULTS["lr"], minValue=1e-7, maxValue=1.0))
@@ -172,6 +180,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
+            steps_per_epoch=self.parameterAsInt(parameters, self.STEPS_PER_EPOCH, context) or None,
             min_steps_per_epoch=self.DEFAULTS["min_steps_per_epoch"],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
             **self.method_config(parameters, context))

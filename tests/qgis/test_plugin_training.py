@@ -58,7 +58,7 @@ def test_train_teacher_writes_bundle_log_and_curves(plugin, scene, tmp_path):
 
     out = tmp_path / "teacher.safetensors"
     results = train("train_teacher", RASTERS=[str(scene["image"])], POLYGONS=str(scene["coarse_polygons"]),
-                    SCALE=0.0001, OFFSET=0.0, OUTPUT_MODEL=str(out))
+                    SCALE=0.0001, OFFSET=0.0, STEPS_PER_EPOCH=3, OUTPUT_MODEL=str(out))
 
     bundle = load_bundle(out)
     assert results["OUTPUT_MODEL"] == str(out) and bundle.spec.role == "teacher"
@@ -68,7 +68,7 @@ def test_train_teacher_writes_bundle_log_and_curves(plugin, scene, tmp_path):
     assert results["VAL_IOU"] == pytest.approx(bundle.spec.metrics["val_iou"])
     assert 0.0 <= results["VAL_IOU"] <= results["VAL_F1"] <= 1.0
     with open(results["OUTPUT_LOG"]) as stream:
-        assert [row["epoch"] for row in csv.DictReader(stream)] == ["1"]
+        assert [(row["epoch"], row["steps"]) for row in csv.DictReader(stream)] == [("1", "3")]
     assert results["OUTPUT_CURVES"] == str(tmp_path / "teacher.curves.png")
 
 
