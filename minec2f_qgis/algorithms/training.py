@@ -23,9 +23,9 @@ leave it out when the polygons are complete over the rasters."""
 TRAINING_HELP = f"""<b>Epochs</b>: passes over the training chips, each at least \
 {defaults.TEACHER["min_steps_per_epoch"]} steps for a teacher and {defaults.STUDENT["min_steps_per_epoch"]} for a \
 student (so a few polygons train enough in a few epochs), unless <b>Steps per epoch</b> (advanced) sets it; \
-training stops early when the validation IoU has not improved for several epochs. <b>Batch size</b>: chips per step; lower it when memory runs out or the \
-polygons give too few chips. <b>Chip size</b>: square training windows in pixels (a multiple of 16). \
-<b>Learning rate</b>: AdamW step size, warmed up then decayed.
+training stops early when the validation IoU has not improved for several epochs. <b>Batch size</b>: chips per \
+step; lower it when memory runs out or the polygons give too few chips. <b>Chip size</b>: square training \
+windows in pixels (a multiple of 16). <b>Learning rate</b>: AdamW step size, warmed up then decayed.
 <b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one; on a CPU expect minutes per epoch.
 <b>Band mapping</b> (advanced): raster band for each model band, e.g. <code>B02=1,B03=2,...</code>, for all \
 rasters. Empty: matched by band descriptions or standard band orders.
