@@ -86,10 +86,8 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         parameters = []
         for name, label in ((self.SCALE, "Reflectance scale (not set: from the raster)"),
                             (self.OFFSET, "Reflectance offset (not set: from the raster)")):
-            parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
-                                                     optional=True)
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            parameters.append(parameter)
+            parameters.append(advanced(QgsProcessingParameterNumber(
+                name, label, QgsProcessingParameterNumber.Double, optional=True)))
         return parameters
 
     def radiometry(self, parameters, context):
@@ -102,6 +100,12 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(name) in (None, ""):
             return None
         return kind(self.parameterAsDouble(parameters, name, context))
+
+
+def advanced(parameter):
+    """``parameter``, shown under Advanced Parameters."""
+    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
 
 
 def in_parameter_terms(message, options):

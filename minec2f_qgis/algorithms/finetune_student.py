@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsProcessingException, QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFile, QgsProcessingParameterNumber)
+from qgis.core import (QgsProcessingException, QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber)
 
 from model_core import defaults
 
+from .common import advanced
 from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
 
 # model_core.train.STUDENT_METHODS without "joint": that baseline also needs the teacher's coarse training data,
@@ -76,19 +77,13 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
         for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", defaults.LAMBDA_FEAT),
                                      (self.LAMBDA_PRED, "Prediction distillation weight", defaults.LAMBDA_PRED),
                                      (self.TEMPERATURE, "Distillation temperature", defaults.TEMPERATURE)):
-            parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double,
-                                                     defaultValue=default, minValue=0.0)
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            parameters.append(parameter)
-        rehearsal = QgsProcessingParameterNumber(self.REHEARSAL_SCENES, "Rehearsal scenes",
-                                                 QgsProcessingParameterNumber.Integer,
-                                                 defaultValue=defaults.REHEARSAL_SCENES, minValue=0, maxValue=64)
-        rehearsal.setFlags(rehearsal.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        parameters.append(rehearsal)
-        freeze = QgsProcessingParameterBoolean(self.FREEZE_ENCODER, "Keep the teacher's encoder (train the decoder "
-                                               "only)", defaultValue=False)
-        freeze.setFlags(freeze.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        parameters.append(freeze)
+            parameters.append(advanced(QgsProcessingParameterNumber(
+                name, label, QgsProcessingParameterNumber.Double, defaultValue=default, minValue=0.0)))
+        parameters.append(advanced(QgsProcessingParameterNumber(
+            self.REHEARSAL_SCENES, "Rehearsal scenes", QgsProcessingParameterNumber.Integer,
+            defaultValue=defaults.REHEARSAL_SCENES, minValue=0, maxValue=64)))
+        parameters.append(advanced(QgsProcessingParameterBoolean(
+            self.FREEZE_ENCODER, "Keep the teacher's encoder (train the decoder only)", defaultValue=False)))
         return parameters
 
     def check_parameters(self, parameters, context):

@@ -3,13 +3,13 @@
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFile,
+                       QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
-from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, in_parameter_terms, layer_file
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file
 
 HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
 scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
@@ -86,10 +86,8 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
         for name, label, minimum in ((self.TILE_SIZE, "Tile size in pixels (not set: the model's)", 32),
                                      (self.OVERLAP, "Tile overlap in pixels (not set: the model's)", 0)):
-            parameter = QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
-                                                     optional=True, minValue=minimum)
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(parameter)
+            self.addParameter(advanced(QgsProcessingParameterNumber(
+                name, label, QgsProcessingParameterNumber.Integer, optional=True, minValue=minimum)))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Only segment inside this extent", optional=True))
         # Optional (created by default) so that `qgis_process run minec2f:segment -- INPUT=.. OUTPUT_FOOTPRINTS=..`

@@ -5,13 +5,13 @@
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
 
 from model_core import defaults
 
-from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, layer_file, vector_file
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, layer_file, vector_file
 
 INPUTS_HELP = """<b>Rasters</b>: one or more multispectral scenes saved as files (GeoTIFF, VRT, ...), any CRS.
 <b>{polygons}</b>: footprint polygons, any CRS (reprojected to each raster). A filtered layer, one layer of a \
@@ -128,21 +128,17 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
                                      (self.BATCH, "Batch size", self.DEFAULTS["batch"])):
             self.addParameter(QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer,
                                                            defaultValue=default, minValue=1))
-        steps = QgsProcessingParameterNumber(
+        self.addParameter(advanced(QgsProcessingParameterNumber(
             self.STEPS_PER_EPOCH, f"Steps per epoch (0: one pass over the chips, at least "
             f"{self.DEFAULTS['min_steps_per_epoch']})", QgsProcessingParameterNumber.Integer, defaultValue=0,
-            minValue=0)
-        steps.setFlags(steps.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(steps)
+            minValue=0)))
         self.addParameter(QgsProcessingParameterNumber(
             self.LEARNING_RATE, "Learning rate", QgsProcessingParameterNumber.Double,
             defaultValue=self.DEFAULTS["lr"], minValue=1e-7, maxValue=1.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=[label for _, label in DEVICES], defaultValue=0))
-        bands = QgsProcessingParameterString(self.BANDS, "Band mapping, e.g. B02=1,B03=2,... (empty: automatic)",
-                                             optional=True)
-        bands.setFlags(bands.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(bands)
+        self.addParameter(advanced(QgsProcessingParameterString(
+            self.BANDS, "Band mapping, e.g. B02=1,B03=2,... (empty: automatic)", optional=True)))
         for parameter in self.radiometry_parameters():
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterBoolean(
