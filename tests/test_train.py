@@ -79,6 +79,9 @@ def test_student_names_its_teacher_and_beats_a_random_init(domains, teacher, tmp
                                config=TrainConfig(method="minec2f", epochs=6, steps_per_epoch=10, lr=2e-3,
                                                   lambda_feat=0.5, **CHIPS), log=messages.append)
     assert any(m.startswith("rehearsal: distilling also on") for m in messages)
+    start_iou = float(next(m for m in messages if m.startswith("starting model")).split()[4])
+    weak_teacher_note = any(m.startswith("note: the teacher agrees little") for m in messages)
+    assert weak_teacher_note == (start_iou < defaults.WEAK_TEACHER_IOU), (start_iou, messages)
     spec = load_bundle(student.bundle_path).spec
     parent = load_bundle(teacher.bundle_path)
     assert spec.role == "student" and spec.method == "minec2f" and spec.parent_hash == parent.sha256
@@ -380,6 +383,7 @@ def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(dom
     for name, value in parent.net.state_dict().items():
         assert torch.equal(student.net.state_dict()[name], value), name
     assert any("keeps the teacher's weights" in line for line in lines)
+    assert not any(line.startswith("note: the teacher agrees little") for line in lines)  # finetune: no distillation
     assert result.log_path.exists() and not training.resume_path(result.bundle_path).exists()
 
 
