@@ -185,11 +185,13 @@ def main():
     table = markdown_table(results, budgets, args.methods)
     minutes = (time.perf_counter() - started) / 60
     student = (f"{defaults.STUDENT['epochs']} x at least {defaults.STUDENT['min_steps_per_epoch']} steps of "
-               f"{defaults.STUDENT['batch']} (as the command line)" if args.cli_students else
-               f"{setting['student'][0]} x {setting['student'][1]} steps of {CHIPS['batch']}")
+               f"{defaults.STUDENT['batch']} chips of {CHIPS['chip_size']} px (as the command line)"
+               if args.cli_students else
+               f"{setting['student'][0]} x {setting['student'][1]} steps of {CHIPS['batch']} chips of "
+               f"{CHIPS['chip_size']} px")
     header = (f"{len(seeds)} seed(s); {setting['coarse']} coarse, {setting['fine']} fine and {setting['test']} "
-              f"test scenes of {size}^2 px; teacher {setting['teacher'][0]} x {setting['teacher'][1]} steps of "
-              f"{CHIPS['batch']} and student {student} chips of {CHIPS['chip_size']} px; "
+              f"test scenes of {size}^2 px; teacher {setting['teacher'][0]} x {setting['teacher'][1]} and student "
+              f"{student}; "
               f"{args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min"
               + ("; fine chips of seed k from fine scene k only" if args.one_scene else "")
               + ("; CONTROL: teacher trained on the coarse domain's exact footprints"
