@@ -19,8 +19,8 @@ LAMBDA_PRED = 1.0
 TEMPERATURE = 2.0
 REHEARSAL_SCENES = 4  # generated scenes minec2f/kd students also distil on (0: none); one per landscape (16
 # measured level on the one-scene bench over 3 seeds and lower in the accuracy table: finetune_one_scene_rehearsal.md)
-# below this IoU on the fine validation chips a teacher is weak: distilling held students back from coarse teachers
-# scoring 0.07-0.38 on the fine test scenes, where plain fine-tuning led (coarse_to_fine_b8_6seeds_cli_students.md);
-# from the bundled model, which starts at 0.81-0.82 on two generated scenes' validation chips, minec2f led
-# (finetune_one_scene_epochs.md). Fine-tuning from a weak teacher logs a hint to compare with method finetune.
+# below this IoU on the fine validation chips a teacher is weak: distilling held students back from the accuracy
+# table's coarse teachers, which start at 0.31-0.39 there, and plain fine-tuning led
+# (coarse_to_fine_b8_6seeds_cli_students.md); from the bundled model, which starts at 0.81-0.82 on two generated
+# scenes' validation chips, minec2f led (finetune_one_scene_epochs.md). Below it fine-tuning logs a hint to compare.
 WEAK_TEACHER_IOU = 0.5
