@@ -296,8 +296,8 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
         if loss.distill and state["best_iou"] < defaults.WEAK_TEACHER_IOU:
             log(f"note: the teacher agrees little with these fine labels (IoU {state['best_iou']:.2f}); students "
                 f"that distil from a teacher below IoU {defaults.WEAK_TEACHER_IOU} scored lower than plain "
-                "fine-tuning in our measurements (bench/results/coarse_to_fine_b8_6seeds_cli_students.md): check "
-                "the result on a scene you did not label, and compare with method finetune")
+                "fine-tuning in our accuracy table (resources/models/MODEL_CARD.md, Limits): check the result on a "
+                "scene you did not label, and compare with method finetune")
     checkpoint = resume_path(out)
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
