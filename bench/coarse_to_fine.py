@@ -112,13 +112,13 @@ def teacher_run(seed, setting, data, work):
 def student_run(method, budget, seed, setting, data, work, one_scene=False, cli_students=False):
     """Train one student method on ``budget`` fine chips (with ``one_scene``: from fine scene ``seed`` only) from
     the seed's teacher and score it; with ``cli_students`` as the command line trains a student by default."""
-    epochs, steps = setting["student"]
     images, polygons = data["fine"]
     fine = ([images[seed % len(images)]], polygons) if one_scene else data["fine"]
     out = work / f"{method}_b{budget}_s{seed}.safetensors"
     if cli_students:
         config = TrainConfig(**defaults.STUDENT, method=method, seed=seed, max_chips=budget)
     else:
+        epochs, steps = setting["student"]
         config = TrainConfig(method=method, epochs=epochs, steps_per_epoch=steps, seed=seed, max_chips=budget,
                              lr=5e-4 if method in TEACHER_INIT else 2e-3, **CHIPS)
     finetune_student(work / f"teacher_s{seed}.safetensors", *fine, out, overwrite=True, config=config,
@@ -191,8 +191,7 @@ def main():
                f"{CHIPS['chip_size']} px")
     header = (f"{len(seeds)} seed(s); {setting['coarse']} coarse, {setting['fine']} fine and {setting['test']} "
               f"test scenes of {size}^2 px; teacher {setting['teacher'][0]} x {setting['teacher'][1]} and student "
-              f"{student}; "
-              f"{args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min"
+              f"{student}; {args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min"
               + ("; fine chips of seed k from fine scene k only" if args.one_scene else "")
               + ("; CONTROL: teacher trained on the coarse domain's exact footprints"
                  if args.teacher_labels == "fine" else ""))
