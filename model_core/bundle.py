@@ -73,8 +73,8 @@ class ModelSpec:
             raise BundleError(f"{source} is not a MineC2F model bundle; choose a .safetensors file made by MineC2F")
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise BundleError(f"{source} uses bundle format {version}, newer than this MineC2F reads ({FORMAT_VERSION}); "
-                              "update the MineC2F plugin")
+            raise BundleError(f"{source} uses bundle format {version}, newer than this MineC2F reads "
+                              f"({FORMAT_VERSION}); update the MineC2F plugin")
         known = {f.name for f in fields(cls)}
         required = {"name", "architecture", "encoder", "encoder_depth", "decoder_channels", "in_channels", "bands",
                     "norm_mean", "norm_std"}

@@ -26,7 +26,8 @@ def add_segment_command(subparsers):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--tile", type=int, metavar="N", help="tile size in pixels")
     parser.add_argument("--overlap", type=int, metavar="N", help="overlap between tiles in pixels")
-    parser.add_argument("--batch", type=int, metavar="N", help="tiles per model call (default: 1 on the CPU, 4 on CUDA)")
+    parser.add_argument("--batch", type=int, metavar="N",
+                        help="tiles per model call (default: 1 on the CPU, 4 on CUDA)")
     parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
     parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...",

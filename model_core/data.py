@@ -255,8 +255,8 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
 
 
 def _scan_pixels(src, band_index, bare_index, radiometry):
-    """Read the raster strip by strip: where every selected band has data (mask and not NaN), and where spectra look like bare
-    ground (needs red, NIR, SWIR1: ``bare_index``; otherwise nothing is bare)."""
+    """Read the raster strip by strip: where every selected band has data (mask and not NaN), and where spectra
+    look like bare ground (needs red, NIR, SWIR1: ``bare_index``; otherwise nothing is bare)."""
     height, width = src.height, src.width
     image_valid = np.ones((height, width), dtype=bool)
     bare = np.zeros((height, width), dtype=bool)

@@ -68,7 +68,8 @@ def build_net(architecture=DEFAULT_ARCHITECTURE, encoder=DEFAULT_ENCODER, in_cha
     """A randomly initialised :class:`SegmentationNet` of smp class ``architecture`` (Unet, UnetPlusPlus, FPN...)."""
     model_class = getattr(smp, architecture, None)
     if not isinstance(model_class, type) or not issubclass(model_class, nn.Module):
-        raise BundleError(f"unknown architecture {architecture!r}; use an segmentation-models-pytorch class such as Unet")
+        raise BundleError(f"unknown architecture {architecture!r}; use a segmentation-models-pytorch class such as "
+                          "Unet")
     kwargs = {"encoder_name": encoder, "encoder_weights": None, "in_channels": int(in_channels), "classes": 1,
               "encoder_depth": int(encoder_depth)}
     if decoder_channels is not None and architecture in ("Unet", "UnetPlusPlus"):
