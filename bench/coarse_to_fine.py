@@ -1,7 +1,7 @@
 """Accuracy table of the coarse-to-fine methods on synthetic domains with a domain shift.
 
     .venv/bin/python bench/coarse_to_fine.py [--quick] [--budgets 8 32 128] [--seeds 3] [--work DIR] [--workers N]
-        [--methods ...] [--one-scene] [--teacher-labels coarse|fine] [--cli-students]
+        [--methods ...] [--one-scene] [--teacher-labels coarse|fine] [--cli-students] [--cli-teachers]
 
 Coarse domain: many scenes (arid, mixed, temperate; sensor gain 0.85-1.15, haze, dry/winter season, weathered
 or fresh mines) labelled with inventory-style outlines (buffered, generalised, shifted). Fine domain: other
@@ -18,7 +18,9 @@ a control where the teacher learns the coarse domain's exact footprints instead 
 knows more than a few fine chips can teach; distillation should then help, whatever the coarse labels do.
 ``--cli-students``: every student trains as ``python -m model_core finetune`` does by default (``defaults.STUDENT``:
 5 epochs of at least 100 steps of 4 chips, lr 3e-4) instead of the table's short schedule (6 x 10 steps of 8 chips);
-about 4x the student training time.
+about 4x the student training time. ``--cli-teachers``: every teacher trains as ``python -m model_core train`` does
+by default (``defaults.TEACHER``: up to 30 epochs of at least 20 steps of 8 chips of 256 px, lr 1e-3, early
+stopping) instead of 12 x 20 steps of 8 chips of 128 px; about 12x the teacher training time.
 """
 
 import argparse
@@ -99,13 +101,16 @@ def use_threads(count):
     os.environ["MINEC2F_THREADS"] = str(count)
 
 
-def teacher_run(seed, setting, data, work):
-    """Train and score the seed's teacher (``coarse_only``)."""
-    epochs, steps = setting["teacher"]
+def teacher_run(seed, setting, data, work, cli_teachers=False):
+    """Train and score the seed's teacher (``coarse_only``); with ``cli_teachers`` as the command line trains a
+    teacher by default."""
     teacher_path = work / f"teacher_s{seed}.safetensors"
-    train_teacher(*data["coarse"], teacher_path, overwrite=True,
-                  config=TrainConfig(method="coarse_only", epochs=epochs, steps_per_epoch=steps, lr=2e-3,
-                                     seed=seed, **CHIPS))
+    if cli_teachers:
+        config = TrainConfig(**defaults.TEACHER, method="coarse_only", seed=seed)
+    else:
+        epochs, steps = setting["teacher"]
+        config = TrainConfig(method="coarse_only", epochs=epochs, steps_per_epoch=steps, lr=2e-3, seed=seed, **CHIPS)
+    train_teacher(*data["coarse"], teacher_path, overwrite=True, config=config)
     return score(teacher_path, data["test"])
 
 
@@ -137,6 +142,8 @@ def main():
                         help="what the teacher learns the coarse domain from (fine: the exact-label control)")
     parser.add_argument("--cli-students", action="store_true",
                         help="students train as `python -m model_core finetune` does by default (about 4x longer)")
+    parser.add_argument("--cli-teachers", action="store_true",
+                        help="teachers train as `python -m model_core train` does by default (about 12x longer)")
     parser.add_argument("--work", help="folder for scenes, bundles and the table (default: a temp folder)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="training runs at once, each on its share of the cores (default: one per core)")
@@ -165,7 +172,7 @@ def main():
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=use_threads, initargs=(threads,)) as pool:
-        teachers = {pool.submit(teacher_run, seed, setting, data, work): seed for seed in seeds}
+        teachers = {pool.submit(teacher_run, seed, setting, data, work, args.cli_teachers): seed for seed in seeds}
         students = {}
         for done in as_completed(teachers):  # a seed's students start as soon as its teacher is trained
             seed = teachers[done]
@@ -184,14 +191,11 @@ def main():
 
     table = markdown_table(results, budgets, args.methods)
     minutes = (time.perf_counter() - started) / 60
-    student = (f"{defaults.STUDENT['epochs']} x at least {defaults.STUDENT['min_steps_per_epoch']} steps of "
-               f"{defaults.STUDENT['batch']} chips of {CHIPS['chip_size']} px (as the command line)"
-               if args.cli_students else
-               f"{setting['student'][0]} x {setting['student'][1]} steps of {CHIPS['batch']} chips of "
-               f"{CHIPS['chip_size']} px")
+    teacher = schedule(defaults.TEACHER if args.cli_teachers else None, setting["teacher"])
+    student = schedule(defaults.STUDENT if args.cli_students else None, setting["student"])
     header = (f"{len(seeds)} seed(s); {setting['coarse']} coarse, {setting['fine']} fine and {setting['test']} "
-              f"test scenes of {size}^2 px; teacher {setting['teacher'][0]} x {setting['teacher'][1]} and student "
-              f"{student}; {args.workers} runs at once on {os.cpu_count()} cores; {minutes:.1f} min"
+              f"test scenes of {size}^2 px; teacher {teacher} and student {student}; {args.workers} runs at once on "
+              f"{os.cpu_count()} cores; {minutes:.1f} min"
               + ("; fine chips of seed k from fine scene k only" if args.one_scene else "")
               + ("; CONTROL: teacher trained on the coarse domain's exact footprints"
                  if args.teacher_labels == "fine" else ""))
@@ -204,6 +208,14 @@ def main():
             for seed, run in sorted(runs.items()):
                 writer.writerow([method, budget, seed, *(f"{run[k]:.4f}" for k in METRICS)])
     print(f"\nwritten: {work / 'coarse_to_fine.md'}, {work / 'coarse_to_fine.csv'}")
+
+
+def schedule(cli_defaults, table):
+    """How runs trained: as the command line does by default (``cli_defaults``) or by the table's (epochs, steps)."""
+    if cli_defaults:
+        return (f"{cli_defaults['epochs']} x at least {cli_defaults['min_steps_per_epoch']} steps of "
+                f"{cli_defaults['batch']} chips of {cli_defaults['chip_size']} px (as the command line)")
+    return f"{table[0]} x {table[1]} steps of {CHIPS['batch']} chips of {CHIPS['chip_size']} px"
 
 
 def fmt(scores):
