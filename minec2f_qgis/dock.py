@@ -14,9 +14,11 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayo
                                  QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
                                  QTableWidget, QVBoxLayout, QWidget)
 
+from model_core import defaults
+
 from . import dependencies, models
 from .algorithms.common import DEVICES, in_parameter_terms, layer_file
-from .algorithms.finetune_student import FinetuneStudentAlgorithm
+from .algorithms.finetune_student import DEFAULT_METHOD, FinetuneStudentAlgorithm
 from .layers import add_results
 from .models import available_models, model_card
 
@@ -361,7 +363,7 @@ class MineC2FDock(QgsDockWidget):
             raise QgsProcessingException(f"a model named '{name}' exists already; choose another name")
         extent = self.extent_box.currentLayer()
         return {"TEACHER": str(entry.path), "RASTERS": [str(input_path)], "POLYGONS": polygons.id(),
-                "EXTENT": extent.id() if extent is not None else None, "METHOD": 0,
+                "EXTENT": extent.id() if extent is not None else None, "METHOD": DEFAULT_METHOD,
                 "EPOCHS": self.epochs_box.value(), "BANDS": self.band_mapping_text(),
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
                 "OUTPUT_MODEL": str(folder / f"{name}.safetensors"), **self.radiometry_choice()}
@@ -451,7 +453,9 @@ class MineC2FDock(QgsDockWidget):
                                 f"beat its validation IoU of {results['VAL_IOU']:.3f} on your polygons, in "
                                 f"{minutes:.1f} min. Digitise more polygons or train for more epochs.")
         else:
-            self.status.setText(f"<b>New model {model.stem}</b> (selected above): validation IoU "
+            how = (f" by plain fine-tuning (the teacher scored below IoU {defaults.WEAK_TEACHER_IOU} on your "
+                   "polygons, too little to distil from)" if results["METHOD_USED"] == "finetune" else "")
+            self.status.setText(f"<b>New model {model.stem}</b> (selected above){how}: validation IoU "
                                 f"{results['VAL_IOU']:.3f}, F1 {results['VAL_F1']:.3f} at epoch "
                                 f"{int(results['BEST_EPOCH'])} on held-out parts of your rasters, in "
                                 f"{minutes:.1f} min. Check it on a scene you did not digitise before relying on it.")

@@ -163,7 +163,12 @@ def add_finetune_command(subparsers):
                     "prediction distillation (method minec2f) or a baseline.")
     parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
     _add_training_arguments(parser, defaults.STUDENT)
-    parser.add_argument("--method", choices=defaults.STUDENT_METHODS, default="minec2f")
+    parser.add_argument("--method", choices=(defaults.AUTO_METHOD,) + defaults.STUDENT_METHODS,
+                        default=defaults.AUTO_METHOD,
+                        help="auto (default): minec2f when the teacher scores at least IoU "
+                             f"{defaults.WEAK_TEACHER_IOU} on the validation chips, else finetune (plain "
+                             "fine-tuning, which beat distillation from weak coarse teachers); minec2f always "
+                             "distils; kd, finetune, fine_only, joint are baselines")
     parser.add_argument("--lambda-feat", type=float, default=defaults.LAMBDA_FEAT,
                         help=f"weight of feature distillation (default {defaults.LAMBDA_FEAT})")
     parser.add_argument("--lambda-pred", type=float, default=defaults.LAMBDA_PRED,

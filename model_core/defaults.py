@@ -5,6 +5,8 @@ plugin has checked for torch) read them here, so a run from QGIS and one from th
 # training methods (model_core.train); a student's start from a teacher bundle: all but coarse_only
 METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")
 STUDENT_METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint")
+# a student's method may also be chosen from its teacher's agreement with the fine labels (WEAK_TEACHER_IOU)
+AUTO_METHOD = "auto"
 
 # a teacher: many coarse polygons over whole scenes; an epoch is one pass over the chips, at least 20 steps
 TEACHER = {"epochs": 30, "batch": 8, "lr": 1e-3, "chip_size": 256, "patience": 8, "min_steps_per_epoch": 20}
@@ -20,7 +22,8 @@ TEMPERATURE = 2.0
 REHEARSAL_SCENES = 4  # generated scenes minec2f/kd students also distil on (0: none); one per landscape (16
 # measured level on the one-scene bench over 3 seeds and lower in the accuracy table: finetune_one_scene_rehearsal.md)
 # below this IoU on the fine validation chips a teacher is weak: distilling held students back from the accuracy
-# table's coarse teachers, which start at 0.31-0.39 there, and plain fine-tuning led
-# (coarse_to_fine_b8_6seeds_cli_students.md); from the bundled model, which starts at 0.81-0.82 on two generated
-# scenes' validation chips, minec2f led (finetune_one_scene_epochs.md). Below it fine-tuning logs a hint to compare.
+# table's coarse teachers, which start at 0.25-0.39 there, and plain fine-tuning led
+# (coarse_to_fine_b8_6seeds_cli_students.md, coarse_to_fine_b8_3seeds_cli_teachers.md); from the bundled model,
+# which starts at 0.59-0.88 on scene A of each one-scene bench pair, minec2f led (finetune_one_scene_epochs.md).
+# Below it method auto fine-tunes plainly (finetune), and minec2f or kd log a hint to compare.
 WEAK_TEACHER_IOU = 0.5

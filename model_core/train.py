@@ -13,6 +13,10 @@ kd             teacher         fine BCE + Dice + λf·feature + λp·prediction 
 minec2f        teacher         fine BCE + Dice + λf·attentive feature + λp·attentive prediction distillation
 =============  ==============  ===============================================================
 
+A student's method may be ``auto``: minec2f from a teacher that scores at least ``defaults.WEAK_TEACHER_IOU`` on the
+fine validation chips, else finetune (distilling from a weak coarse teacher held students back in the accuracy
+table). The choice is logged and recorded in the bundle.
+
 Distillation acts on the labelled chips and, with ``distill_imagery``, on an equal batch of chips from the whole
 training area whose labels are not used (a few polygons label a few chips; the rest of the scene still shows the
 student what the teacher knows). On labelled pixels the attention releases the teacher where it contradicts the
@@ -56,7 +60,7 @@ from .errors import BandMismatchError, Cancelled, InputError, OutputError
 from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_ENCODER_DEPTH,
                    build_net, copy_weights)
 
-METHODS, STUDENT_METHODS = defaults.METHODS, defaults.STUDENT_METHODS
+METHODS, STUDENT_METHODS, AUTO_METHOD = defaults.METHODS, defaults.STUDENT_METHODS, defaults.AUTO_METHOD
 DISTILLING = ("minec2f", "kd")
 TEACHER_INIT = ("minec2f", "kd", "finetune")  # students that start from the teacher's weights
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 20))  # 0.1 .. 0.95: validation picks the bundle's
@@ -101,8 +105,8 @@ class TrainConfig:
         return self.stride or self.chip_size // 2
 
     def check(self):
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.method not in METHODS + (AUTO_METHOD,):
+            raise InputError(f"unknown method {self.method!r}; use one of {', '.join(METHODS + (AUTO_METHOD,))}")
         for name in ("epochs", "batch", "chip_size", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -114,7 +118,7 @@ class TrainConfig:
             raise InputError("temperature and learning rate must be positive")
         if self.rehearsal_scenes < 0:
             raise InputError(f"rehearsal scenes must be 0 (none) or more (got {self.rehearsal_scenes})")
-        if self.freeze_encoder and self.method not in TEACHER_INIT:
+        if self.freeze_encoder and self.method not in TEACHER_INIT + (AUTO_METHOD,):
             raise InputError(f"method {self.method} does not start from the teacher, so it has no encoder to keep; "
                              f"use --freeze-encoder with {', '.join(TEACHER_INIT)}")
 
@@ -255,12 +259,13 @@ def load_resume(path, net, optimizer):
 
 # ------------------------------------------------------------------------------------------- the loop
 
-def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=False, progress=None, is_canceled=None,
-        log=None, info=None):
+def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None, resume=False, progress=None,
+        is_canceled=None, log=None, info=None):
     """Train ``net`` on ``data`` (TrainingData) with ``loss``; keep the best epoch as a bundle at ``out``.
 
     With ``start_threshold`` (a student started from its teacher) the starting weights are a candidate too,
     "epoch 0": when no epoch beats them on the validation chips, the bundle holds them with that threshold.
+    ``start``: their validation scores if already measured (``_validate`` of the same weights).
     """
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
@@ -287,9 +292,9 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, resume=Fals
     imagery = _imagery_batches(data, config, info) if loss.distill and config.distill_imagery else None
     scaler = torch.amp.GradScaler("cuda", enabled=info.is_cuda)
     state = {"epoch": 0, "best_iou": -1.0, "best_epoch": 0, "history": [], "stale": 0}
-    start = start_net = None
-    if start_threshold is not None:
-        start, start_net = _validate(net, data, config, info), copy.deepcopy(net)
+    start_net = copy.deepcopy(net) if start_threshold is not None else None
+    start = (start or _validate(net, data, config, info)) if start_net is not None else None
+    if start is not None:
         state["best_iou"] = start[0]["val_iou_best_threshold"]
         log(f"starting model: val IoU {state['best_iou']:.3f} at threshold {start[0]['best_threshold']} "
             "(an epoch must beat it)")
@@ -555,6 +560,10 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     except BandMismatchError as error:
         raise BandMismatchError(f"the teacher {Path(teacher_path).name} needs bands the raster lacks: {error}") \
             from error
+    start = None
+    if config.method == AUTO_METHOD:  # the teacher's scores are the student's starting scores, which fit reuses
+        start = _validate(teacher.net.to(info.device), data, config, info)
+        config = replace(config, method=_auto_method(start[0]["val_iou_best_threshold"], log))
     if config.method == "joint":
         if coarse is None:
             raise InputError("method joint needs the coarse rasters and polygons too")
@@ -564,8 +573,10 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     net = build_net(t.architecture, t.encoder, t.in_channels, t.encoder_depth, t.decoder_channels)
     if config.method in TEACHER_INIT:
         copy_weights(teacher.net, net)
+    chosen = {"method_choice": f"auto: teacher validation IoU {start[0]['val_iou_best_threshold']:.3f}, bound "
+                               f"{defaults.WEAK_TEACHER_IOU}"} if start is not None else {}
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
-                 extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks"})
+                 extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks", **chosen})
     spec.tile_size, spec.overlap = t.tile_size, t.overlap  # the teacher's net: its tiles suit the student too
     loss = LossForMethod(config, teacher.net if config.method in DISTILLING else None)
     with tempfile.TemporaryDirectory(prefix="minec2f_rehearsal_") as folder:
@@ -573,7 +584,21 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
         if rehearsal is not None:
             data = replace(data, imagery=_ConcatChips(data.imagery, rehearsal))
         return fit(net, data, config, loss, out, spec, resume=resume, progress=progress, is_canceled=is_canceled,
-                   log=log, info=info, start_threshold=t.threshold if config.method in TEACHER_INIT else None)
+                   log=log, info=info, start_threshold=t.threshold if config.method in TEACHER_INIT else None,
+                   start=start)
+
+
+def _auto_method(teacher_iou, log):
+    """Method ``auto``: minec2f from a teacher that agrees with the fine labels, plain fine-tuning from one below
+    ``defaults.WEAK_TEACHER_IOU`` on the validation chips (distilling from such teachers held students back)."""
+    if teacher_iou >= defaults.WEAK_TEACHER_IOU:
+        log(f"method auto -> minec2f: the teacher scores IoU {teacher_iou:.2f} on the validation chips (at least "
+            f"{defaults.WEAK_TEACHER_IOU}), so the student distils from it")
+        return "minec2f"
+    log(f"method auto -> finetune (plain fine-tuning): the teacher scores IoU {teacher_iou:.2f} on the validation "
+        f"chips, below {defaults.WEAK_TEACHER_IOU}; distilling from such teachers held students back in our accuracy "
+        "table (resources/models/MODEL_CARD.md, Limits). --method minec2f distils anyway")
+    return "finetune"
 
 
 def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):

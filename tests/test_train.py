@@ -4,6 +4,7 @@ bad input. Tiny chips and few steps keep it to seconds; bench/coarse_to_fine.py 
 import csv
 import errno
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,6 +96,28 @@ def test_student_names_its_teacher_and_beats_a_random_init(domains, teacher, tmp
     student_iou = scene_iou(student.bundle_path, domains["test"], tmp_path)
     random_iou = scene_iou(random_path, domains["test"], tmp_path)
     assert student_iou > random_iou + 0.1, (student_iou, random_iou)
+
+
+@pytest.mark.parametrize("bound, chosen", [(0.0, "minec2f"), (1.01, "finetune")])
+def test_auto_distils_only_from_a_teacher_that_fits_the_fine_labels(domains, teacher, tmp_path, monkeypatch, bound,
+                                                                     chosen):
+    """Method auto: minec2f when the teacher's validation IoU reaches WEAK_TEACHER_IOU, else finetune; logged,
+    recorded, and trained exactly as a run that names that method."""
+    monkeypatch.setattr(defaults, "WEAK_TEACHER_IOU", bound)
+    images, polygons = domains["fine"]
+    config = TrainConfig(method="auto", epochs=1, steps_per_epoch=2, rehearsal_scenes=0, **CHIPS)
+    messages = []
+    auto = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "auto.safetensors", config=config,
+                            log=messages.append)
+    named = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "named.safetensors",
+                             config=replace(config, method=chosen))
+    spec = load_bundle(auto.bundle_path).spec
+    assert spec.method == spec.hyperparameters["method"] == chosen
+    start_iou = float(next(m for m in messages if m.startswith("starting model")).split()[4])
+    assert spec.hyperparameters["method_choice"] == f"auto: teacher validation IoU {start_iou:.3f}, bound {bound}"
+    assert [m.split()[3].rstrip(":") for m in messages if m.startswith("method auto -> ")] == [chosen]
+    with safe_open(auto.bundle_path, "pt") as a, safe_open(named.bundle_path, "pt") as b:
+        assert a.keys() == b.keys() and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
 
 
 @pytest.mark.parametrize("method", ["fine_only", "finetune", "joint", "kd"])

@@ -11,11 +11,15 @@ from .common import advanced
 from .training import INPUTS_HELP, TRAINING_HELP, TrainingAlgorithm
 
 # model_core.train.STUDENT_METHODS without "joint": that baseline also needs the teacher's coarse training data,
-# a research comparison run from the command line (python -m model_core finetune --method joint).
-METHODS = [("minec2f", "MineC2F: attentive feature and prediction distillation (recommended)"),
+# a research comparison run from the command line (python -m model_core finetune --method joint); then "auto",
+# the default, last so that the others keep their indices
+METHODS = [("minec2f", "MineC2F: attentive feature and prediction distillation"),
            ("kd", "Plain distillation (no attention)"),
            ("finetune", "Plain fine-tuning (no distillation)"),
-           ("fine_only", "Precise polygons only (from scratch, teacher ignored)")]
+           ("fine_only", "Precise polygons only (from scratch, teacher ignored)"),
+           (defaults.AUTO_METHOD, "Automatic: MineC2F if the teacher fits your polygons, else plain fine-tuning "
+                                  "(recommended)")]
+DEFAULT_METHOD = [key for key, _ in METHODS].index(defaults.AUTO_METHOD)
 
 HELP = f"""Fine-tunes a student model from a teacher (the bundled model or one made with <i>Train teacher on \
 coarse polygons</i>) on footprints you digitised precisely, so that it learns your exact boundaries and \
@@ -26,7 +30,10 @@ its network, bands and normalisation.
 {INPUTS_HELP}
 <b>Method</b>: MineC2F starts from the teacher and pulls the student towards the teacher's features and \
 predictions where the teacher agrees with your polygons (attentive distillation), freeing it where the \
-teacher's coarse boundaries are wrong. The others are baselines for comparison.
+teacher's coarse boundaries are wrong. Automatic (the default) uses MineC2F when the teacher already scores an \
+IoU of at least {defaults.WEAK_TEACHER_IOU} on your validation chips, and plain fine-tuning otherwise: from a \
+weak teacher, such as one trained on coarse inventory outlines, distillation held students back in our tests. The \
+log says which it chose. The others are baselines for comparison.
 <b>Feature / prediction distillation weight, temperature</b> (advanced): weights of the two distillation terms \
 against the segmentation loss, and the softening of the teacher's predictions.
 <b>Rehearsal scenes</b> (advanced): MineC2F and plain distillation also distil on this many generated \
@@ -73,7 +80,7 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
             QgsProcessingParameterFile(self.TEACHER, "Teacher model (empty: the bundled model)",
                                        extension="safetensors", defaultValue=str(DEFAULT_MODEL), optional=True),
             QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
-                                       defaultValue=0)]
+                                       defaultValue=DEFAULT_METHOD)]
         for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", defaults.LAMBDA_FEAT),
                                      (self.LAMBDA_PRED, "Prediction distillation weight", defaults.LAMBDA_PRED),
                                      (self.TEMPERATURE, "Distillation temperature", defaults.TEMPERATURE)):

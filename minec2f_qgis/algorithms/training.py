@@ -5,6 +5,7 @@
 from pathlib import Path
 
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputFile, QgsProcessingOutputNumber,
+                       QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
                        QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
@@ -40,7 +41,8 @@ better than its teacher on the same chips: until an epoch does, nothing is writt
 keeps the teacher's weights and threshold (BEST_EPOCH 0). An existing file is replaced, as in every Processing \
 algorithm. Cancelling keeps the best model so far; before the first epoch ends nothing is written. Beside it: \
 <i>model</i>.log.csv (one row per epoch) and <i>model</i>.curves.png (loss and validation curves). BEST_EPOCH, \
-VAL_IOU and VAL_F1 are the best epoch and its scores at the model's recommended threshold."""
+VAL_IOU and VAL_F1 are the best epoch and its scores at the model's recommended threshold; METHOD_USED the \
+training method (the one the Automatic method chose)."""
 
 
 class LabelledDataAlgorithm(MineC2FAlgorithm):
@@ -103,6 +105,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     BEST_EPOCH = "BEST_EPOCH"
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
+    METHOD_USED = "METHOD_USED"
     ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS,
                       "--epochs": EPOCHS, "--batch": BATCH, "--steps-per-epoch": STEPS_PER_EPOCH,
                       "--lr": LEARNING_RATE, "--device": DEVICE,
@@ -150,6 +153,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.BEST_EPOCH, "Best epoch"))
         self.addOutput(QgsProcessingOutputNumber(self.VAL_IOU, "Validation IoU"))
         self.addOutput(QgsProcessingOutputNumber(self.VAL_F1, "Validation F1"))
+        self.addOutput(QgsProcessingOutputString(self.METHOD_USED, "Training method used"))
 
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
@@ -186,10 +190,11 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             overwrite=True,  # Processing's file dialog already asked; temporary outputs are fresh names
             resume=resume, progress=feedback.setProgress, is_canceled=feedback.isCanceled,
             log=self.engine_log(feedback))
-        metrics = read_spec(result.bundle_path).metrics
+        spec = read_spec(result.bundle_path)
+        metrics = spec.metrics
         feedback.pushInfo(f"best epoch {result.best_epoch}: validation IoU {metrics['val_iou']:.3f}, "
-                          f"F1 {metrics['val_f1']:.3f}; model {result.bundle_path}")
+                          f"F1 {metrics['val_f1']:.3f}; method {spec.method}; model {result.bundle_path}")
         return {self.OUTPUT_MODEL: str(result.bundle_path), self.OUTPUT_LOG: str(result.log_path),
                 self.OUTPUT_CURVES: str(result.curves_path) if result.curves_path.exists() else None,
                 self.BEST_EPOCH: result.best_epoch, self.VAL_IOU: metrics["val_iou"],
-                self.VAL_F1: metrics["val_f1"]}
+                self.VAL_F1: metrics["val_f1"], self.METHOD_USED: spec.method}

@@ -85,4 +85,5 @@ def test_qgis_process_finetunes_the_bundled_model_when_no_teacher_is_given(qgis_
 
     assert "BEST_EPOCH:" in stdout
     spec = read_spec(out)
+    assert f"METHOD_USED:\t{spec.method}" in stdout
     assert (spec.role, spec.parent_hash) == ("student", file_sha256(DEFAULT_MODEL))

@@ -85,7 +85,9 @@ def test_finetune_student_records_its_teacher(plugin, scene, tiny_bundle_path, t
                     POLYGONS=polygons, EXTENT=extent, LAMBDA_FEAT=0.5, OUTPUT_MODEL=str(out))
 
     spec = load_bundle(out).spec
-    assert (spec.role, spec.method) == ("student", "minec2f")
+    # method auto, the default: minec2f only from a teacher that fits the polygons
+    iou = float(spec.hyperparameters["method_choice"].split()[4].rstrip(","))
+    assert (spec.role, spec.method) == ("student", "minec2f" if iou >= defaults.WEAK_TEACHER_IOU else "finetune")
     assert spec.parent_hash == file_sha256(tiny_bundle_path)
     assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["lr"] == defaults.STUDENT["lr"]
     assert spec.training["polygons"] == "my_footprints.gpkg" and spec.training["extent"] == "extent.gpkg"
@@ -93,11 +95,11 @@ def test_finetune_student_records_its_teacher(plugin, scene, tiny_bundle_path, t
     assert results["BEST_EPOCH"] == 1 and (tmp_path / "student.log.csv").exists()
 
 
-def test_student_methods_are_the_engines_without_joint():
+def test_student_methods_are_the_engines_without_joint_then_auto():
     from minec2f_qgis.algorithms.finetune_student import METHODS
-    from model_core.train import STUDENT_METHODS
+    from model_core.train import AUTO_METHOD, STUDENT_METHODS
 
-    assert [key for key, _ in METHODS] == [method for method in STUDENT_METHODS if method != "joint"]
+    assert [key for key, _ in METHODS] == [method for method in STUDENT_METHODS if method != "joint"] + [AUTO_METHOD]
 
 
 @pytest.mark.parametrize("algorithm, command", [("minec2f:train_teacher", "train"),
@@ -116,6 +118,10 @@ def test_training_defaults_are_the_command_lines(plugin, algorithm, command):
                 for name, field in names.items() if definitions.parameterDefinition(name) is not None}
     assert len(compared) == (4 if command == "train" else 9)
     assert all(processing == cli for processing, cli in compared.values()), compared
+    if command == "finetune":
+        from minec2f_qgis.algorithms.finetune_student import METHODS
+
+        assert METHODS[definitions.parameterDefinition("METHOD").defaultValue()][0] == args.method == "auto"
 
 
 class CancelAt(QgsProcessingFeedback):
@@ -241,6 +247,8 @@ def test_dock_finetunes_the_selected_model_and_selects_the_new_one(dock):
     entry = dock.current_model()
     assert entry.path == models.user_models_dir() / "area_finetuned.safetensors"
     assert entry.label == "area_finetuned (user)" and entry.spec.role == "student"
+    # the dock's method is auto: it says when that chose plain fine-tuning
+    assert ("by plain fine-tuning" in dock.status.text()) == (entry.spec.method == "finetune"), dock.status.text()
     assert dock.model_box.findText("area_finetuned (user)") >= 0 and dock.finetune_button.isEnabled()
 
 
