@@ -160,7 +160,8 @@ def add_finetune_command(subparsers):
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a student from a teacher on precise polygons",
         description="Fine-tune a student from --teacher on hand-digitised polygons with attentive feature and "
-                    "prediction distillation (method minec2f) or a baseline.")
+                    "prediction distillation (method minec2f; by default only from a teacher that fits the polygons, "
+                    "see --method) or a baseline.")
     parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
     _add_training_arguments(parser, defaults.STUDENT)
     parser.add_argument("--method", choices=(defaults.AUTO_METHOD,) + defaults.STUDENT_METHODS,
