@@ -46,7 +46,7 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from .bands import Band, RasterBandInfo, match_bands, resolve_radiometry
+from .bands import Band, Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
 from .vectorize import _polygonal
 
@@ -664,6 +664,7 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
         "train_hard_negatives": int(sum(c.hard_negative for c in train_chips)), "val_chips": len(val_chips),
         "val_footprint_chips": int(sum(c.is_footprint for c in val_chips)),
         "radiometry": [r.radiometry_reason for r in labelled],
+        "reflectance": [str(Radiometry(r.scale, r.offset)) for r in labelled],
     }
     if log:
         log(f"{len(train_chips)} training chips ({footprint_chips} with footprints, "

@@ -12,7 +12,8 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
 
 from model_core import defaults
 
-from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, layer_file, vector_file
+from .common import (DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file,
+                     vector_file)
 
 INPUTS_HELP = """<b>Rasters</b>: one or more multispectral scenes saved as files (GeoTIFF, VRT, ...), any CRS.
 <b>{polygons}</b>: footprint polygons, any CRS (reprojected to each raster). A filtered layer, one layer of a \
@@ -42,7 +43,8 @@ keeps the teacher's weights and threshold (BEST_EPOCH 0). An existing file is re
 algorithm. Cancelling keeps the best model so far; before the first epoch ends nothing is written. Beside it: \
 <i>model</i>.log.csv (one row per epoch) and <i>model</i>.curves.png (loss and validation curves). BEST_EPOCH, \
 VAL_IOU and VAL_F1 are the best epoch and its scores at the model's recommended threshold; METHOD_USED the \
-training method (the one the Automatic method chose)."""
+training method (the one the Automatic method chose); REFLECTANCE the scale and offset used for each raster, and \
+why."""
 
 
 class LabelledDataAlgorithm(MineC2FAlgorithm):
@@ -106,6 +108,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
     VAL_IOU = "VAL_IOU"
     VAL_F1 = "VAL_F1"
     METHOD_USED = "METHOD_USED"
+    REFLECTANCE = "REFLECTANCE"
     ENGINE_OPTIONS = {**LabelledDataAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS,
                       "--epochs": EPOCHS, "--batch": BATCH, "--steps-per-epoch": STEPS_PER_EPOCH,
                       "--lr": LEARNING_RATE, "--device": DEVICE,
@@ -154,6 +157,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.VAL_IOU, "Validation IoU"))
         self.addOutput(QgsProcessingOutputNumber(self.VAL_F1, "Validation F1"))
         self.addOutput(QgsProcessingOutputString(self.METHOD_USED, "Training method used"))
+        self.addOutput(QgsProcessingOutputString(self.REFLECTANCE, "Reflectance scale and offset used, and why"))
 
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
@@ -197,4 +201,8 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
         return {self.OUTPUT_MODEL: str(result.bundle_path), self.OUTPUT_LOG: str(result.log_path),
                 self.OUTPUT_CURVES: str(result.curves_path) if result.curves_path.exists() else None,
                 self.BEST_EPOCH: result.best_epoch, self.VAL_IOU: metrics["val_iou"],
-                self.VAL_F1: metrics["val_f1"], self.METHOD_USED: spec.method}
+                self.VAL_F1: metrics["val_f1"], self.METHOD_USED: spec.method,
+                self.REFLECTANCE: in_parameter_terms("; ".join(
+                    f"{name}: {reflectance} ({reason})" for name, reflectance, reason in
+                    zip(spec.training["rasters"], spec.training["reflectance"], spec.training["radiometry"])),
+                    self.ENGINE_OPTIONS)}

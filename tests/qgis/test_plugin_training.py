@@ -63,6 +63,8 @@ def test_train_teacher_writes_bundle_log_and_curves(plugin, scene, tmp_path):
     bundle = load_bundle(out)
     assert results["OUTPUT_MODEL"] == str(out) and bundle.spec.role == "teacher"
     assert bundle.spec.training["radiometry"] == ["given"]
+    assert results["REFLECTANCE"] == f"{scene['image'].name}: reflectance = DN * 0.0001 + 0 (given)"
+    assert results["METHOD_USED"] == "coarse_only"
     assert bundle.spec.training["polygons"] == "scene_coarse.gpkg"  # the file itself, not a temporary copy
     assert results["BEST_EPOCH"] == 1
     assert results["VAL_IOU"] == pytest.approx(bundle.spec.metrics["val_iou"])
@@ -247,8 +249,9 @@ def test_dock_finetunes_the_selected_model_and_selects_the_new_one(dock):
     entry = dock.current_model()
     assert entry.path == models.user_models_dir() / "area_finetuned.safetensors"
     assert entry.label == "area_finetuned (user)" and entry.spec.role == "student"
-    # the dock's method is auto: it says when that chose plain fine-tuning
+    # the dock's method is auto: it says when that chose plain fine-tuning; and the reflectance it read
     assert ("by plain fine-tuning" in dock.status.text()) == (entry.spec.method == "finetune"), dock.status.text()
+    assert "area.tif: reflectance = DN * " in dock.status.text(), dock.status.text()
     assert dock.model_box.findText("area_finetuned (user)") >= 0 and dock.finetune_button.isEnabled()
 
 
