@@ -105,8 +105,9 @@ class TrainConfig:
         return self.stride or self.chip_size // 2
 
     def check(self):
-        if self.method not in METHODS + (AUTO_METHOD,):
-            raise InputError(f"unknown method {self.method!r}; use one of {', '.join(METHODS + (AUTO_METHOD,))}")
+        known = METHODS + (AUTO_METHOD,)
+        if self.method not in known:
+            raise InputError(f"unknown method {self.method!r}; use one of {', '.join(known)}")
         for name in ("epochs", "batch", "chip_size", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -534,8 +535,9 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
 
 
 def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
-                     config=TrainConfig(**defaults.STUDENT), coarse=None, band_mapping=None, scale=None, offset=None,
-                     overwrite=False, resume=False, progress=None, is_canceled=None, log=None):
+                     config=TrainConfig(**defaults.STUDENT, method=AUTO_METHOD), coarse=None, band_mapping=None,
+                     scale=None, offset=None, overwrite=False, resume=False, progress=None, is_canceled=None,
+                     log=None):
     """Fine-tune a student from the teacher bundle on precise ``polygons``; writes the bundle ``out``.
 
     ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only. ``scale``/``offset``:
