@@ -454,8 +454,9 @@ class MineC2FDock(QgsDockWidget):
                                 f"{minutes:.1f} min. Digitise more polygons or train for more epochs.")
         else:
             reflectance = html.escape(in_dock_terms(results["REFLECTANCE"], self.algorithm), quote=False)
-            how = (f" by plain fine-tuning (the teacher scored below IoU {defaults.WEAK_TEACHER_IOU} on your "
-                   "polygons, too little to distil from)" if results["METHOD_USED"] == "finetune" else "")
+            how = (f" by plain fine-tuning (the teacher, trained on coarse outlines, scored below IoU "
+                   f"{defaults.WEAK_TEACHER_IOU} on your polygons, too little to distil from)"
+                   if results["METHOD_USED"] == "finetune" else "")
             self.status.setText(f"<b>New model {model.stem}</b> (selected above){how}: validation IoU "
                                 f"{results['VAL_IOU']:.3f}, F1 {results['VAL_F1']:.3f} at epoch "
                                 f"{int(results['BEST_EPOCH'])} on held-out parts of your rasters, in "

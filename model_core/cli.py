@@ -160,16 +160,16 @@ def add_finetune_command(subparsers):
     parser = subparsers.add_parser(
         "finetune", help="fine-tune a student from a teacher on precise polygons",
         description="Fine-tune a student from --teacher on hand-digitised polygons with attentive feature and "
-                    "prediction distillation (method minec2f; by default only from a teacher that fits the polygons, "
-                    "see --method) or a baseline.")
+                    "prediction distillation (method minec2f; by default not from a coarse teacher that fits the "
+                    "polygons poorly, see --method) or a baseline.")
     parser.add_argument("--teacher", required=True, metavar="BUNDLE", help="teacher bundle (.safetensors)")
     _add_training_arguments(parser, defaults.STUDENT)
     parser.add_argument("--method", choices=(defaults.AUTO_METHOD,) + defaults.STUDENT_METHODS,
                         default=defaults.AUTO_METHOD,
-                        help="auto (default): minec2f when the teacher scores at least IoU "
-                             f"{defaults.WEAK_TEACHER_IOU} on the validation chips, else finetune (plain "
-                             "fine-tuning, which beat distillation from weak coarse teachers); minec2f always "
-                             "distils; kd, finetune, fine_only, joint are baselines")
+                        help="auto (default): finetune (plain fine-tuning, which beat distillation from weak "
+                             "coarse teachers) when the teacher was trained on coarse outlines alone (by train) and "
+                             f"scores below IoU {defaults.WEAK_TEACHER_IOU} on the validation chips, else minec2f; "
+                             "minec2f always distils; kd, finetune, fine_only, joint are baselines")
     parser.add_argument("--lambda-feat", type=float, default=defaults.LAMBDA_FEAT,
                         help=f"weight of feature distillation (default {defaults.LAMBDA_FEAT})")
     parser.add_argument("--lambda-pred", type=float, default=defaults.LAMBDA_PRED,

@@ -25,5 +25,7 @@ REHEARSAL_SCENES = 4  # generated scenes minec2f/kd students also distil on (0: 
 # table's coarse teachers, which start at 0.25-0.39 there, and plain fine-tuning led
 # (coarse_to_fine_b8_6seeds_cli_students.md, coarse_to_fine_b8_3seeds_cli_teachers.md); from the bundled model,
 # which starts at 0.59-0.88 on scene A of each one-scene bench pair, minec2f led (finetune_one_scene_epochs.md).
-# Below it method auto fine-tunes plainly (finetune), and minec2f or kd log a hint to compare.
+# Below it method auto fine-tunes plainly (finetune) from such a teacher (method coarse_only), and minec2f or kd
+# log a hint to compare. From a student below it, such as the bundled model on a second generator's scenes, minec2f
+# led on 7 of 8 pairs and plain fine-tuning collapsed on 2 (foreign_scenes.md), so auto distils from those.
 WEAK_TEACHER_IOU = 0.5

@@ -13,9 +13,9 @@ kd             teacher         fine BCE + Dice + λf·feature + λp·prediction 
 minec2f        teacher         fine BCE + Dice + λf·attentive feature + λp·attentive prediction distillation
 =============  ==============  ===============================================================
 
-A student's method may be ``auto``: minec2f from a teacher that scores at least ``defaults.WEAK_TEACHER_IOU`` on the
-fine validation chips, else finetune (distilling from a weak coarse teacher held students back in the accuracy
-table). The choice is logged and recorded in the bundle.
+A student's method may be ``auto``: finetune from a teacher trained on coarse outlines alone that scores below
+``defaults.WEAK_TEACHER_IOU`` on the fine validation chips (distilling from such teachers held students back in the
+accuracy table), else minec2f. The choice is logged and recorded in the bundle.
 
 Distillation acts on the labelled chips and, with ``distill_imagery``, on an equal batch of chips from the whole
 training area whose labels are not used (a few polygons label a few chips; the rest of the scene still shows the
@@ -301,7 +301,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
             "(an epoch must beat it)")
         if loss.distill and state["best_iou"] < defaults.WEAK_TEACHER_IOU:
             log(f"note: the teacher agrees little with these fine labels (IoU {state['best_iou']:.2f}); students "
-                f"that distil from a teacher below IoU {defaults.WEAK_TEACHER_IOU} scored lower than plain "
+                f"that distil from a coarse teacher below IoU {defaults.WEAK_TEACHER_IOU} scored lower than plain "
                 "fine-tuning in our accuracy table (resources/models/MODEL_CARD.md, Limits): check the result on a "
                 "scene you did not label, and compare with method finetune")
     checkpoint = resume_path(out)
@@ -565,7 +565,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     start = None
     if config.method == AUTO_METHOD:  # the teacher's scores are the student's starting scores, which fit reuses
         start = _validate(teacher.net.to(info.device), data, config, info)
-        config = replace(config, method=_auto_method(start[0]["val_iou_best_threshold"], log))
+        config = replace(config, method=_auto_method(start[0]["val_iou_best_threshold"], t, log))
     if config.method == "joint":
         if coarse is None:
             raise InputError("method joint needs the coarse rasters and polygons too")
@@ -576,7 +576,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     if config.method in TEACHER_INIT:
         copy_weights(teacher.net, net)
     chosen = {"method_choice": f"auto: teacher validation IoU {start[0]['val_iou_best_threshold']:.3f}, bound "
-                               f"{defaults.WEAK_TEACHER_IOU}"} if start is not None else {}
+                               f"{defaults.WEAK_TEACHER_IOU} for teachers trained on coarse outlines alone; this "
+                               f"teacher: {t.role}, method {t.method}"} if start is not None else {}
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
                  extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks", **chosen})
     spec.tile_size, spec.overlap = t.tile_size, t.overlap  # the teacher's net: its tiles suit the student too
@@ -590,17 +591,22 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                    start=start)
 
 
-def _auto_method(teacher_iou, log):
-    """Method ``auto``: minec2f from a teacher that agrees with the fine labels, plain fine-tuning from one below
-    ``defaults.WEAK_TEACHER_IOU`` on the validation chips (distilling from such teachers held students back)."""
-    if teacher_iou >= defaults.WEAK_TEACHER_IOU:
-        log(f"method auto -> minec2f: the teacher scores IoU {teacher_iou:.2f} on the validation chips (at least "
-            f"{defaults.WEAK_TEACHER_IOU}), so the student distils from it")
-        return "minec2f"
-    log(f"method auto -> finetune (plain fine-tuning): the teacher scores IoU {teacher_iou:.2f} on the validation "
-        f"chips, below {defaults.WEAK_TEACHER_IOU}; distilling from such teachers held students back in our accuracy "
-        "table (resources/models/MODEL_CARD.md, Limits). --method minec2f distils anyway")
-    return "finetune"
+def _auto_method(teacher_iou, teacher_spec, log):
+    """Method ``auto``: plain fine-tuning from a teacher trained on coarse outlines alone (method coarse_only)
+    that scores below ``defaults.WEAK_TEACHER_IOU`` on the validation chips, where distilling held students back;
+    minec2f from every other teacher, also from a student (such as the bundled model) that scores low on new
+    imagery, where distilling kept students from collapsing (bench/results/foreign_scenes.md)."""
+    bound, kind = defaults.WEAK_TEACHER_IOU, f"{teacher_spec.role}, method {teacher_spec.method}"
+    if teacher_spec.method == "coarse_only" and teacher_iou < bound:
+        log(f"method auto -> finetune (plain fine-tuning): the teacher ({kind}) scores IoU {teacher_iou:.2f} on the "
+            f"validation chips, below {bound}; distilling from such coarse teachers held students back in our "
+            "accuracy table (resources/models/MODEL_CARD.md, Limits). --method minec2f distils anyway")
+        return "finetune"
+    why = (f"at least {bound}" if teacher_iou >= bound else
+           f"below {bound}, but it is not a teacher trained on coarse outlines alone")
+    log(f"method auto -> minec2f: the teacher ({kind}) scores IoU {teacher_iou:.2f} on the validation chips ({why}), "
+        "so the student distils from it")
+    return "minec2f"
 
 
 def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):

@@ -114,10 +114,28 @@ def test_auto_distils_only_from_a_teacher_that_fits_the_fine_labels(domains, tea
     spec = load_bundle(auto.bundle_path).spec
     assert spec.method == spec.hyperparameters["method"] == chosen
     start_iou = float(next(m for m in messages if m.startswith("starting model")).split()[4])
-    assert spec.hyperparameters["method_choice"] == f"auto: teacher validation IoU {start_iou:.3f}, bound {bound}"
+    assert spec.hyperparameters["method_choice"] == (f"auto: teacher validation IoU {start_iou:.3f}, bound {bound} for "
+                                                     "teachers trained on coarse outlines alone; this teacher: "
+                                                     "teacher, method coarse_only")
     assert [m.split()[3].rstrip(":") for m in messages if m.startswith("method auto -> ")] == [chosen]
     with safe_open(auto.bundle_path, "pt") as a, safe_open(named.bundle_path, "pt") as b:
         assert a.keys() == b.keys() and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+def test_auto_distils_from_a_student_however_low_it_starts(domains, teacher, tmp_path, monkeypatch):
+    """The bound is for teachers trained on coarse outlines alone: from a student (such as the bundled model on
+    unfamiliar imagery) auto distils even below it."""
+    images, polygons = domains["fine"]
+    config = TrainConfig(method="finetune", epochs=1, steps_per_epoch=2, rehearsal_scenes=0, **CHIPS)
+    student = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "student.safetensors", config=config)
+    monkeypatch.setattr(defaults, "WEAK_TEACHER_IOU", 1.01)  # every teacher starts below it
+    messages = []
+    again = finetune_student(student.bundle_path, images, polygons, tmp_path / "again.safetensors",
+                             config=replace(config, method="auto"), log=messages.append)
+    assert load_bundle(again.bundle_path).spec.method == "minec2f"
+    chosen = [m for m in messages if m.startswith("method auto -> ")]
+    assert len(chosen) == 1 and chosen[0].startswith("method auto -> minec2f: the teacher (student, method finetune)")
+    assert "below 1.01, but it is not a teacher trained on coarse outlines alone" in chosen[0]
 
 
 @pytest.mark.parametrize("method", ["fine_only", "finetune", "joint", "kd"])

@@ -17,8 +17,8 @@ METHODS = [("minec2f", "MineC2F: attentive feature and prediction distillation")
            ("kd", "Plain distillation (no attention)"),
            ("finetune", "Plain fine-tuning (no distillation)"),
            ("fine_only", "Precise polygons only (from scratch, teacher ignored)"),
-           (defaults.AUTO_METHOD, "Automatic: MineC2F if the teacher fits your polygons, else plain fine-tuning "
-                                  "(recommended)")]
+           (defaults.AUTO_METHOD, "Automatic: MineC2F, or plain fine-tuning from a coarse teacher that fits your "
+                                  "polygons poorly (recommended)")]
 DEFAULT_METHOD = [key for key, _ in METHODS].index(defaults.AUTO_METHOD)
 
 HELP = f"""Fine-tunes a student model from a teacher (the bundled model or one made with <i>Train teacher on \
@@ -30,10 +30,11 @@ its network, bands and normalisation.
 {INPUTS_HELP}
 <b>Method</b>: MineC2F starts from the teacher and pulls the student towards the teacher's features and \
 predictions where the teacher agrees with your polygons (attentive distillation), freeing it where the \
-teacher's coarse boundaries are wrong. Automatic (the default) uses MineC2F when the teacher already scores an \
-IoU of at least {defaults.WEAK_TEACHER_IOU} on your validation chips, and plain fine-tuning otherwise: from a \
-weak teacher, such as one trained on coarse inventory outlines, distillation held students back in our tests. The \
-log says which it chose. The others are baselines for comparison.
+teacher's coarse boundaries are wrong. Automatic (the default) uses plain fine-tuning when the teacher was \
+trained on coarse inventory outlines alone (<i>Train teacher on coarse polygons</i>) and scores an IoU below \
+{defaults.WEAK_TEACHER_IOU} on your validation chips: from such weak teachers distillation held students back in \
+our tests. From any other teacher, such as the bundled model, it uses MineC2F, even where that model misses much \
+on your imagery. The log says which it chose. The others are baselines for comparison.
 <b>Feature / prediction distillation weight, temperature</b> (advanced): weights of the two distillation terms \
 against the segmentation loss, and the softening of the teacher's predictions.
 <b>Rehearsal scenes</b> (advanced): MineC2F and plain distillation also distil on this many generated \
