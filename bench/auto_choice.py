@@ -1,6 +1,7 @@
 """Which method ``finetune --method auto`` (the default) picks from a teacher on each one-scene bench pair: the
 teacher's IoU on scene A's validation chips, as fine-tuning measures it before its first epoch, against
-``defaults.WEAK_TEACHER_IOU``. No training; about a minute.
+``defaults.WEAK_TEACHER_IOU`` (the bound holds for teachers trained on coarse outlines alone). No training; about a
+minute.
 
     .venv/bin/python bench/auto_choice.py [--teacher BUNDLE] [--seed 0] [--pairs NAME ...]
 
@@ -33,7 +34,8 @@ def main():
     config = training.TrainConfig(**defaults.STUDENT, seed=args.seed)
     info = resolve_device("cpu")
     print(f"teacher {Path(args.teacher).name}; IoU on scene A's validation chips (CLI defaults, seed {args.seed}); "
-          f"auto distils (minec2f) from {defaults.WEAK_TEACHER_IOU}")
+          f"auto fine-tunes plainly from a coarse-only teacher below {defaults.WEAK_TEACHER_IOU}, else distils "
+          f"(this teacher: {teacher.spec.role}, method {teacher.spec.method})")
     print(f"{'pair':20}{'val chips':>10}{'teacher IoU':>12}{'auto picks':>12}")
     with tempfile.TemporaryDirectory() as work:
         for name in args.pairs:
@@ -42,7 +44,7 @@ def main():
                                       val_fraction=config.val_fraction,
                                       norm=(teacher.spec.norm_mean, teacher.spec.norm_std))
             iou = training._validate(teacher.net, data, config, info)[0]["val_iou_best_threshold"]
-            method = training._auto_method(iou, log=lambda message: None)
+            method = training._auto_method(iou, teacher.spec, log=lambda message: None)
             print(f"{name:20}{len(data.val):10d}{iou:12.3f}{method:>12}", flush=True)
 
 

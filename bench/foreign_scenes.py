@@ -223,15 +223,20 @@ def segment_and_score(model, raster, truth, out):
 
 
 def finetune(model, raster, polygons, out, options):
-    """``python -m model_core finetune`` with its defaults on one scene; returns the log lines that say what
-    it chose."""
+    """``python -m model_core finetune`` with its defaults on one scene; returns what its log says of the
+    starting model's validation IoU and of what it chose."""
     run = subprocess.run([sys.executable, "-m", "model_core", "finetune", "--teacher", str(model), "--raster",
                           str(raster), "--polygons", str(polygons), "--out", str(out), "--overwrite", *options],
                          cwd=ROOT, capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"fine-tuning on {raster.name} failed: {run.stderr.strip()[-2000:]}")
-    return [line for line in run.stderr.splitlines() + run.stdout.splitlines()
-            if "method auto" in line or "no epoch beat" in line]
+    said = []
+    for line in run.stderr.splitlines() + run.stdout.splitlines():
+        if line.startswith("starting model: val IoU"):
+            said.append("start IoU " + line.split()[4])
+        elif "method auto" in line or "no epoch beat" in line:
+            said.append(line.split(": ", 1)[0])
+    return said
 
 
 def main():
@@ -294,7 +299,7 @@ def print_finetuning(model, scenes, work, options):
         after = segment_and_score(student, raster_b, truth_b, work / f"{student.stem}_out")[0]["iou"]
         gains.append(after - before)
         print(f"{raster_a.stem + ' -> ' + raster_b.stem:44}{before:8.3f}{after:9.3f}   "
-              + "; ".join(line.split(": ", 1)[0] for line in choice))
+              + "; ".join(choice))
     if gains:
         print(f"IoU change on scene B: mean {np.mean(gains):+.3f}, {min(gains):+.3f} to {max(gains):+.3f}")
 
