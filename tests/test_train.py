@@ -101,8 +101,8 @@ def test_student_names_its_teacher_and_beats_a_random_init(domains, teacher, tmp
 @pytest.mark.parametrize("bound, chosen", [(0.0, "minec2f"), (1.01, "finetune")])
 def test_auto_distils_only_from_a_teacher_that_fits_the_fine_labels(domains, teacher, tmp_path, monkeypatch, bound,
                                                                      chosen):
-    """Method auto: minec2f when the teacher's validation IoU reaches WEAK_TEACHER_IOU, else finetune; logged,
-    recorded, and trained exactly as a run that names that method."""
+    """Method auto from a teacher trained on coarse outlines alone: minec2f when its validation IoU reaches
+    WEAK_TEACHER_IOU, else finetune; logged, recorded, and trained exactly as a run that names that method."""
     monkeypatch.setattr(defaults, "WEAK_TEACHER_IOU", bound)
     images, polygons = domains["fine"]
     config = TrainConfig(method="auto", epochs=1, steps_per_epoch=2, rehearsal_scenes=0, **CHIPS)
