@@ -255,21 +255,24 @@ def main():
         work.mkdir(parents=True, exist_ok=True)
         scenes = {seed: write_foreign_scene(work, f"foreign_{seed}_{landscape_of(seed)}", seed, args.size)
                   for seed in range(args.seed, args.seed + args.scenes)}
-        print_scores(args.model, scenes, work)
+        ious = print_scores(args.model, scenes, work)
         if args.finetune is not None:
             options = [word for option in args.finetune for word in option.split()]
-            print_finetuning(args.model, scenes, work, options)
+            print_finetuning(args.model, scenes, ious, work, options)
         if args.keep:
             print(f"scenes and outputs in {work}")
 
 
 def print_scores(model, scenes, work):
+    """Prints the model's scores on every scene; returns {seed: IoU}."""
+    ious = {}
     totals = np.zeros(3, np.int64)  # true positives, false positives, false negatives
     ground_hits = {name: [0, 0] for name in MINE_GROUND}
     print(f"{model}: segment with the CLI's defaults, against the true footprints")
     print(f"{'scene':24}{'offset':>7}{'IoU':>7}{'F1':>7}{'prec':>7}{'recall':>7}{'mine %':>8}   radiometry")
     for seed, (raster, _, truth, ground, names) in scenes.items():
         scores, pred, reason = segment_and_score(model, raster, truth, work / f"{raster.stem}_out")
+        ious[seed] = scores["iou"]
         totals += [np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth)]
         for name in MINE_GROUND:
             ground_hits[name][0] += int(np.sum(pred & truth & (ground == names.index(name))))
@@ -281,9 +284,11 @@ def print_scores(model, scenes, work):
           f"{tp / max(tp + fp, 1):7.3f}{tp / max(tp + fn, 1):7.3f}")
     print("recall by mine ground: " + ", ".join(f"{name} {hit / total:.2f}" for name, (hit, total)
                                                 in ground_hits.items() if total))
+    return ious
 
 
-def print_finetuning(model, scenes, work, options):
+def print_finetuning(model, scenes, ious, work, options):
+    """Fine-tunes the model on scene A of each pair, prints its IoU on scene B beside the model's (``ious``)."""
     print(f"\nfine-tuned on scene A's true polygons (python -m model_core finetune {' '.join(options)}), "
           "IoU on scene B")
     print(f"{'scene A -> scene B':44}{'model':>8}{'student':>9}   choice")
@@ -295,7 +300,7 @@ def print_finetuning(model, scenes, work, options):
         raster_b, _, truth_b = scenes[seed_a + 4][:3]
         student = work / f"{raster_a.stem}_student.safetensors"
         choice = finetune(model, raster_a, polygons_a, student, options)
-        before = segment_and_score(model, raster_b, truth_b, work / f"{raster_b.stem}_out")[0]["iou"]
+        before = ious[seed_a + 4]
         after = segment_and_score(student, raster_b, truth_b, work / f"{student.stem}_out")[0]["iou"]
         gains.append(after - before)
         print(f"{raster_a.stem + ' -> ' + raster_b.stem:44}{before:8.3f}{after:9.3f}   "
