@@ -27,5 +27,6 @@ REHEARSAL_SCENES = 4  # generated scenes minec2f/kd students also distil on (0: 
 # which starts at 0.59-0.88 on scene A of each one-scene bench pair, minec2f led (finetune_one_scene_epochs.md).
 # Below it method auto fine-tunes plainly (finetune) from such a teacher (method coarse_only), and minec2f or kd
 # log a hint to compare. From a student below it, such as the bundled model on a second generator's scenes, minec2f
-# led on 7 of 8 pairs and plain fine-tuning collapsed on 2 (foreign_scenes.md), so auto distils from those.
+# led on 7 of 8 pairs with seed 0 and was level with seed 1 (0.546 against 0.459 over both; foreign_scenes.md), so
+# auto distils from those.
 WEAK_TEACHER_IOU = 0.5
