@@ -300,10 +300,13 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
         log(f"starting model: val IoU {state['best_iou']:.3f} at threshold {start[0]['best_threshold']} "
             "(an epoch must beat it)")
         if loss.distill and state["best_iou"] < defaults.WEAK_TEACHER_IOU:
-            log(f"note: the teacher agrees little with these fine labels (IoU {state['best_iou']:.2f}); students "
-                f"that distil from a coarse teacher below IoU {defaults.WEAK_TEACHER_IOU} scored lower than plain "
-                "fine-tuning in our accuracy table (resources/models/MODEL_CARD.md, Limits): check the result on a "
-                "scene you did not label, and compare with method finetune")
+            note = (f"note: the teacher agrees little with these fine labels (IoU {state['best_iou']:.2f}); check "
+                    "the result on a scene you did not label")
+            if spec.hyperparameters.get("teacher_method") == "coarse_only":
+                note += (f", and compare with method finetune: students that distil from a coarse teacher below IoU "
+                         f"{defaults.WEAK_TEACHER_IOU} scored lower than plain fine-tuning in our accuracy table "
+                         "(resources/models/MODEL_CARD.md, Limits)")
+            log(note)
     checkpoint = resume_path(out)
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
@@ -579,7 +582,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                                f"{defaults.WEAK_TEACHER_IOU} for teachers trained on coarse outlines alone; this "
                                f"teacher: {t.role}, method {t.method}"} if start is not None else {}
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
-                 extra={"teacher": teacher.spec.name, "feature_stages": "all decoder blocks", **chosen})
+                 extra={"teacher": t.name, "teacher_method": t.method, "feature_stages": "all decoder blocks",
+                        **chosen})
     spec.tile_size, spec.overlap = t.tile_size, t.overlap  # the teacher's net: its tiles suit the student too
     loss = LossForMethod(config, teacher.net if config.method in DISTILLING else None)
     with tempfile.TemporaryDirectory(prefix="minec2f_rehearsal_") as folder:

@@ -81,8 +81,9 @@ def test_student_names_its_teacher_and_beats_a_random_init(domains, teacher, tmp
                                                   lambda_feat=0.5, **CHIPS), log=messages.append)
     assert any(m.startswith("rehearsal: distilling also on") for m in messages)
     start_iou = float(next(m for m in messages if m.startswith("starting model")).split()[4])
-    weak_teacher_note = any(m.startswith("note: the teacher agrees little") for m in messages)
-    assert weak_teacher_note == (start_iou < defaults.WEAK_TEACHER_IOU), (start_iou, messages)
+    notes = [m for m in messages if m.startswith("note: the teacher agrees little")]
+    assert bool(notes) == (start_iou < defaults.WEAK_TEACHER_IOU), (start_iou, messages)
+    assert all("compare with method finetune" in note for note in notes)  # the teacher is coarse_only
     spec = load_bundle(student.bundle_path).spec
     parent = load_bundle(teacher.bundle_path)
     assert spec.role == "student" and spec.method == "minec2f" and spec.parent_hash == parent.sha256
@@ -136,6 +137,9 @@ def test_auto_distils_from_a_student_however_low_it_starts(domains, teacher, tmp
     chosen = [m for m in messages if m.startswith("method auto -> ")]
     assert len(chosen) == 1 and chosen[0].startswith("method auto -> minec2f: the teacher (student, method finetune)")
     assert "below 1.01, but it is not a teacher trained on coarse outlines alone" in chosen[0]
+    notes = [m for m in messages if m.startswith("note: the teacher agrees little")]
+    assert len(notes) == 1 and "method finetune" not in notes[0]  # the coarse teachers' finding is not cited
+    assert load_bundle(again.bundle_path).spec.hyperparameters["teacher_method"] == "finetune"
 
 
 @pytest.mark.parametrize("method", ["fine_only", "finetune", "joint", "kd"])
