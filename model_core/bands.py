@@ -279,21 +279,28 @@ def _guess(src, sample):
     dtype = np.dtype(src.dtypes[0])
     if dtype == np.uint8:
         return Radiometry(1.0 / 255.0, 0.0), "8-bit data scaled 0-255 -> 0-1 (not calibrated reflectance)"
-    values = sample if sample is not None else _sample(src)
+    values = sample if sample is not None else sample_dn(src)
     if values.size == 0:
         return Radiometry(1e-4 if dtype.kind in "iu" else 1.0, 0.0), "no valid pixels to inspect"
     high = float(np.percentile(values, 99))
     if np.issubdtype(dtype, np.floating) and high <= 3.0:
         return Radiometry(1.0, 0.0), "floating-point reflectance (values 0-1)"
-    darkest = float(min(np.percentile(band, 0.1) for band in values))
+    darkest = darkest_dn(values)
     if darkest >= L2A_OFFSET_DN and high > 1500:
         return (Radiometry(1e-4, -L2A_OFFSET_DN * 1e-4),
                 f"reflectance x 10000 with the Sentinel-2 L2A +{L2A_OFFSET_DN} DN offset (no pixel darker than "
-                f"{darkest:.0f} DN in any band; set the offset to 0 (--offset) if the raster has none)")
+                f"{darkest:.0f} DN in any band; a bright desert without the offset looks the same: set the offset "
+                "to 0 (--offset) if the raster has none)")
     return Radiometry(1e-4, 0.0), "reflectance x 10000 (values up to ~10000)"
 
 
-def _sample(src, max_pixels=250_000):
+def darkest_dn(values):
+    """The lowest 0.1 percentile of any band of ``values`` ([bands, n] DN): at or above L2A_OFFSET_DN the data are
+    taken to carry the L2A offset. A bright desert without it looks the same (bench/offset_misread.py)."""
+    return float(min(np.percentile(band, 0.1) for band in values))
+
+
+def sample_dn(src, max_pixels=250_000):
     """Valid DN values, [bands, n], from a decimated read of the whole raster."""
     step = max(1, int(np.ceil(np.sqrt(src.width * src.height / max_pixels))))
     shape = (src.count, max(1, src.height // step), max(1, src.width // step))
