@@ -167,8 +167,9 @@ class MineC2FDock(QgsDockWidget):
         """Rows for reflectance = DN x scale + offset: from the raster (metadata or detected) unless set here."""
         self.radiometry_box = QCheckBox("set scale and offset")
         self.radiometry_box.setToolTip("Reflectance = DN x scale + offset. Not ticked: read from the raster's "
-                                       "metadata or detected (Sentinel-2 L2A with its +1000 DN offset is "
-                                       "recognised); the result says which. Tick to set them when that is wrong.")
+                                       "metadata or detected (Sentinel-2 L2A with its +1000 DN offset and "
+                                       "Landsat Collection 2 Level-2 SR_B* bands are recognised); the result says "
+                                       "which. Tick to set them when that is wrong.")
         form.addRow("Reflectance", self.radiometry_box)
         self.scale_box = QDoubleSpinBox()
         self.scale_box.setDecimals(7)

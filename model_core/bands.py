@@ -7,8 +7,9 @@ each model band. It tries, in order: the explicit ``mapping``; band names in des
 and Landsat products. Model bands carry Sentinel-2 names; bands of other sensors match by wavelength.
 
 ``resolve_radiometry(src)`` returns reflectance = DN * scale + offset and why: explicit values, then the
-file's scales/offsets, then Sentinel-2 metadata tags, then the data type and values (uint16 x 10000, with
-the +1000 DN offset of processing baseline 04.00 detected from the darkest pixels).
+file's scales/offsets, then Sentinel-2 metadata tags, then Landsat Collection 2 Level-2 band names (SR_B*),
+then the data type and values (uint16 x 10000, with the +1000 DN offset of processing baseline 04.00 detected
+from the darkest pixels; values too bright for that are refused).
 """
 
 import re
@@ -69,6 +70,23 @@ def _sensor_of(text):
     return None
 
 
+def _landsat_level2_names(labels):
+    """The Collection 2 Level-2 band names (SR_B1, ST_B10, ...) among ``labels``, upper-cased."""
+    names = {_upper_name(label) for label in labels if label}
+    return {name for name in names if re.fullmatch(r"S[RT]_B\d{1,2}", name)}
+
+
+def _sensor_of_band_names(labels):
+    """Landsat 8/9 or 4-7 from Collection 2 Level-2 band names, when the file names no sensor: SR_B6 and ST_B10
+    are 8/9's, ST_B6 and an SR_B7 without SR_B6 are 4-7's; None when they do not tell."""
+    names = _landsat_level2_names(labels)
+    if names & {"SR_B6", "ST_B10"}:
+        return "landsat89"
+    if "ST_B6" in names or "SR_B7" in names:
+        return "landsat457"
+    return None
+
+
 def canonical_name(text, sensor=None):
     """(name, wavelength) for a band label such as "B02", "B8A", "band 4", "SR_B5", "Blue" or "swir16", read
     for ``sensor`` ("sentinel2", "landsat89", "landsat457" or None = Sentinel-2 numbering); None if unknown.
@@ -109,6 +127,9 @@ def _wavelength_tag(tags):
     return None
 
 
+_NAME_TAGS = ("name", "NAME", "BANDNAME", "band_name", "common_name")
+
+
 @dataclass(frozen=True)
 class RasterBandInfo:
     """What a raster says about its bands: per band (description, tags) and the sensor it names, if any."""
@@ -124,15 +145,17 @@ class RasterBandInfo:
         sensor_text = " ".join(str(tags.get(k, "")) for k in tags if k.upper() in (
             "SENSOR", "SPACECRAFT", "SPACECRAFT_NAME", "SATELLITE", "PLATFORM", "PRODUCT_TYPE", "PRODUCT_ID",
             "LANDSAT_PRODUCT_ID", "MISSION", "TIFFTAG_IMAGEDESCRIPTION"))
-        return cls(src.count, tuple(d or "" for d in src.descriptions),
-                   tuple(src.tags(i) for i in range(1, src.count + 1)), _sensor_of(sensor_text))
+        descriptions = tuple(d or "" for d in src.descriptions)
+        band_tags = tuple(src.tags(i) for i in range(1, src.count + 1))
+        sensor = _sensor_of(sensor_text) or _sensor_of_band_names(descriptions + tuple(
+            t.get(key) for t in band_tags for key in _NAME_TAGS))
+        return cls(src.count, descriptions, band_tags, sensor)
 
     def band(self, index):
         """(name, wavelength_nm) known for 1-based band ``index``; either may be None."""
         tags = self.band_tags[index - 1]
         named = None
-        for label in (self.descriptions[index - 1], tags.get("name"), tags.get("NAME"), tags.get("BANDNAME"),
-                      tags.get("band_name"), tags.get("common_name")):
+        for label in (self.descriptions[index - 1], *(tags.get(key) for key in _NAME_TAGS)):
             named = canonical_name(label, self.sensor) if label else None
             if named:
                 break
@@ -246,46 +269,62 @@ class Radiometry:
 
 
 L2A_OFFSET_DN = 1000  # Sentinel-2 processing baseline >= 04.00 adds 1000 to every reflectance DN
+LANDSAT_C2_L2 = Radiometry(2.75e-5, -0.2)  # Collection 2 Level-2 surface reflectance (SR_B* bands)
+# Darkest-band DN that reflectance x 10000 reaches only under cloud or snow over everything (0.5, offset or not);
+# Landsat Collection 2 DN start near 5000 (Level-1) and 7273 (Level-2) at zero reflectance.
+IMPLAUSIBLE_DARKEST_DN = 6000
 _OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET", "ADD_OFFSET")
 _QUANTIFICATION_TAGS = ("BOA_QUANTIFICATION_VALUE", "QUANTIFICATION_VALUE", "REFLECTANCE_QUANTIFICATION_VALUE")
 
 
-def resolve_radiometry(src, explicit_scale=None, explicit_offset=None, sample=None):
-    """(Radiometry, reason) for the open rasterio dataset ``src``. ``sample`` ([bands, n] DN array of valid
-    pixels) skips reading one; it is only needed when the data type and values decide."""
+def resolve_radiometry(src, explicit_scale=None, explicit_offset=None, bands=None):
+    """(Radiometry, reason) for the open rasterio dataset ``src``. ``bands``: the 1-based bands the model reads
+    (default all); only their scale/offset metadata and names count, so an unused band with its own scale (a
+    Landsat thermal band) does no harm."""
+    bands = list(bands or range(1, src.count + 1))
     if explicit_scale is not None or explicit_offset is not None:
-        default = _guess(src, sample)[0] if explicit_scale is None or explicit_offset is None else None
+        default = _guess(src, bands)[0] if explicit_scale is None or explicit_offset is None else None
         scale = explicit_scale if explicit_scale is not None else default.scale
         offset = explicit_offset if explicit_offset is not None else default.offset
         return Radiometry(float(scale), float(offset)), "given"
-    scales, offsets = set(src.scales), set(src.offsets)
+    scales = {src.scales[band - 1] for band in bands}
+    offsets = {src.offsets[band - 1] for band in bands}
     if scales != {1.0} or offsets != {0.0}:
         if len(scales) > 1 or len(offsets) > 1:
             raise InputError(f"{_name(src)} has a different scale/offset per band ({sorted(scales)}, "
-                             f"{sorted(offsets)}); give one scale and offset for all bands (--scale, --offset)")
+                             f"{sorted(offsets)}) in bands {bands}; give one scale and offset for all bands "
+                             "(--scale, --offset)")
         return Radiometry(float(scales.pop()), float(offsets.pop())), "the raster's scale/offset metadata"
     tags = {k.upper(): v for k, v in src.tags().items()}
-    tags.update({k.upper(): v for k, v in src.tags(1).items() if k.upper() not in tags})
+    tags.update({k.upper(): v for k, v in src.tags(bands[0]).items() if k.upper() not in tags})
     quant = _float_tag(tags, _QUANTIFICATION_TAGS)
     add = _float_tag(tags, _OFFSET_TAGS)
     if quant is not None or add is not None:
         quant = quant or 10000.0
         return (Radiometry(1.0 / quant, (add or 0.0) / quant),
                 f"Sentinel-2 metadata: quantification {quant:g}, add offset {add or 0:g} DN")
-    return _guess(src, sample)
+    return _guess(src, bands)
 
 
-def _guess(src, sample):
+def _guess(src, bands):
     dtype = np.dtype(src.dtypes[0])
     if dtype == np.uint8:
         return Radiometry(1.0 / 255.0, 0.0), "8-bit data scaled 0-255 -> 0-1 (not calibrated reflectance)"
-    values = sample if sample is not None else sample_dn(src)
+    labels = [src.descriptions[band - 1] or next(filter(None, map(src.tags(band).get, _NAME_TAGS)), "")
+              for band in bands]
+    if dtype.kind in "iu" and all(re.fullmatch(r"SR_B\d", _upper_name(label)) for label in labels):
+        return LANDSAT_C2_L2, f"Landsat Collection 2 Level-2 surface reflectance (bands {', '.join(labels)})"
+    values = sample_dn(src)
     if values.size == 0:
         return Radiometry(1e-4 if dtype.kind in "iu" else 1.0, 0.0), "no valid pixels to inspect"
     high = float(np.percentile(values, 99))
     if np.issubdtype(dtype, np.floating) and high <= 3.0:
         return Radiometry(1.0, 0.0), "floating-point reflectance (values 0-1)"
     darkest = darkest_dn(values)
+    if darkest >= IMPLAUSIBLE_DARKEST_DN:
+        raise InputError(f"{_name(src)}: no pixel is darker than {darkest:.0f} DN in any band, too bright for "
+                         "reflectance x 10000 (Sentinel-2), even with the L2A +1000 offset; give the scale and offset "
+                         "(--scale, --offset), e.g. 0.0000275 and -0.2 for Landsat Collection 2 Level-2")
     if darkest >= L2A_OFFSET_DN and high > 1500:
         return (Radiometry(1e-4, -L2A_OFFSET_DN * 1e-4),
                 f"reflectance x 10000 with the Sentinel-2 L2A +{L2A_OFFSET_DN} DN offset (no pixel darker than "
@@ -318,6 +357,10 @@ def _float_tag(tags, keys):
             except ValueError:
                 continue
     return None
+
+
+def _upper_name(label):
+    return re.sub(r"[\s-]+", "_", str(label or "").strip()).upper()
 
 
 def _name(src):

@@ -222,7 +222,8 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
         info = RasterBandInfo.from_dataset(src)
         band_index = (match_bands(info, model_bands, band_mapping) if model_bands is not None
                       else list(range(1, src.count + 1)))
-        radiometry, reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
+        radiometry, reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset,
+                                               bands=band_index)
         raster_wkt = src.crs.to_wkt()
         shape, transform = (src.height, src.width), src.transform
         footprints = _overlapping(reproject_polygons(polygons, raster_wkt), src.bounds)

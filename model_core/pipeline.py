@@ -82,7 +82,8 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
             check_crs_convertible(src.crs, src.xy(window.row_off + window.height // 2,
                                                    window.col_off + window.width // 2))
             band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
-            radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
+            radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset,
+                                                                bands=band_index)
         device_info = resolve_device(device)
         batch = batch or device_info.inference_batch
         log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")

@@ -175,3 +175,45 @@ def test_file_scale_offset_and_explicit_values_win(tmp_path):
 def test_float_reflectance_is_kept(tmp_path):
     with rasterio.open(write(tmp_path / "r.tif", 6, dtype="float32", value=0.2)) as src:
         assert resolve_radiometry(src)[0] == Radiometry(1.0, 0.0)
+
+
+def test_only_the_bands_the_model_reads_need_one_scale(tmp_path):
+    """Landsat 8/9 Collection 2 Level-2 stacks carry SR_B1..SR_B7 (x 2.75e-5 - 0.2) and ST_B10 (x 0.00341802 + 149):
+    the thermal band's own scale must not stop a model that reads only the reflective bands."""
+    names = [f"SR_B{i}" for i in range(1, 8)] + ["ST_B10"]
+    path = write(tmp_path / "lc09_l2.tif", 8, descriptions=names, value=12000,
+                 scales=[2.75e-5] * 7 + [0.00341802], offsets=[-0.2] * 7 + [149.0])
+    with rasterio.open(path) as src:
+        bands = match_bands(RasterBandInfo.from_dataset(src), DEFAULT_MODEL_BANDS)
+        assert bands == [2, 3, 4, 5, 6, 7]
+        radiometry, reason = resolve_radiometry(src, bands=bands)
+        assert (radiometry.scale, radiometry.offset) == pytest.approx((2.75e-5, -0.2)) and "metadata" in reason
+        with pytest.raises(InputError, match=r"different scale/offset per band .* bands \[2, 3, 4, 5, 6, 7, 8\].*"
+                                             r"--scale, --offset"):
+            resolve_radiometry(src, bands=bands + [8])
+
+
+@pytest.mark.parametrize("names,expected", [
+    ([f"SR_B{i}" for i in range(1, 8)], "landsat89"),                 # e.g. an Earth Engine LC09/C02/T1_L2 export
+    ([f"SR_B{i}" for i in (1, 2, 3, 4, 5, 7)] + ["ST_B6"], "landsat457"),  # LE07/LT05 C02 L2
+])
+def test_collection2_level2_names_without_metadata(tmp_path, names, expected):
+    """No sensor tag and no scale metadata: the SR_B* names say the sensor (so SR_B5 is not Sentinel-2 B05) and
+    the Collection 2 Level-2 scaling (DN 7273 is reflectance 0)."""
+    path = write(tmp_path / "l2.tif", len(names), descriptions=names, value=9000)
+    with rasterio.open(path) as src:
+        info = RasterBandInfo.from_dataset(src)
+        bands = match_bands(info, DEFAULT_MODEL_BANDS)
+        radiometry, reason = resolve_radiometry(src, bands=bands)
+    assert info.sensor == expected
+    assert [names[i - 1] for i in bands] == (["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"]
+                                             if expected == "landsat89" else
+                                             ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"])
+    assert radiometry == Radiometry(2.75e-5, -0.2) and "Landsat Collection 2 Level-2" in reason
+
+
+def test_values_too_bright_for_reflectance_x_10000_are_refused(tmp_path):
+    """An unnamed Landsat Level-2 stack (reflectance 0 at DN 7273) would read as reflectance 0.6-4 x 10000."""
+    with rasterio.open(write(tmp_path / "r.tif", 7, value=7400)) as src:
+        with pytest.raises(InputError, match=r"darker than 7400 DN.*too bright.*--scale, --offset.*0\.0000275"):
+            resolve_radiometry(src)

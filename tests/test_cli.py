@@ -91,3 +91,19 @@ def test_an_epoch_is_at_least_the_commands_minimum_unless_set(command, run_defau
     assert config.steps_per_epoch == 7
     with pytest.raises(InputError, match="steps per epoch must be at least 1"):
         type(config)(steps_per_epoch=0).check()
+
+
+def test_landsat_level2_stack_with_its_thermal_band(make_raster, tiny_bundle_path, tmp_path, capsys):
+    """A Landsat 9 Collection 2 Level-2 stack: SR_B1..SR_B7 at 2.75e-5 - 0.2 and ST_B10 at its own scale. The model
+    reads six SR bands, so the thermal band's scale does not matter, and the log says how the DN were read."""
+    import rasterio
+
+    dn = np.random.default_rng(2).integers(8000, 20000, size=(8, 40, 40)).astype(np.uint16)
+    stack = make_raster("lc09_l2sp.tif", dn, descriptions=[f"SR_B{i}" for i in range(1, 8)] + ["ST_B10"])
+    with rasterio.open(stack, "r+") as dst:
+        dst.scales, dst.offsets = [2.75e-5] * 7 + [0.00341802], [-0.2] * 7 + [149.0]
+    assert segment(stack, "--model", tiny_bundle_path, "--out-dir", tmp_path / "out", "--tile", "64") == 0
+    printed = capsys.readouterr()
+    log = printed.out + printed.err
+    assert "raster bands [2, 3, 4, 5, 6, 7]" in log, log
+    assert "reflectance = DN * 2.75e-05 - 0.2 (the raster's scale/offset metadata)" in log, log

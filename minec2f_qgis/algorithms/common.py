@@ -16,8 +16,8 @@ from ..resources import ICON_PATH
 DEVICES = [("auto", "Auto (GPU if available, else CPU)"), ("cpu", "CPU"), ("cuda", "CUDA GPU")]
 RADIOMETRY_HELP = """<b>Reflectance scale / offset</b> (advanced): reflectance = DN x scale + offset. Not set: read \
 from the raster's metadata or detected (Sentinel-2 L2A with the +1000 DN offset of processing baseline 04.00 and \
-later is recognised); the log says which. Set them when the log's guess is wrong, e.g. offset 0 for a bright scene \
-that has no offset."""
+later, and Landsat Collection 2 Level-2 bands named SR_B1... at scale 0.0000275, offset -0.2, are recognised); the log \
+says which. Set them when the log's guess is wrong, e.g. offset 0 for a bright desert scene that has no offset."""
 
 
 class MineC2FAlgorithm(QgsProcessingAlgorithm):
