@@ -314,7 +314,7 @@ def _guess(src, bands):
               for band in bands]
     if dtype.kind in "iu" and all(re.fullmatch(r"SR_B\d", _upper_name(label)) for label in labels):
         return LANDSAT_C2_L2, f"Landsat Collection 2 Level-2 surface reflectance (bands {', '.join(labels)})"
-    values = sample_dn(src)
+    values = sample_dn(src, bands)  # the model's bands only: quality or class bands stacked with them mislead
     if values.size == 0:
         return Radiometry(1e-4 if dtype.kind in "iu" else 1.0, 0.0), "no valid pixels to inspect"
     high = float(np.percentile(values, 99))
@@ -339,11 +339,12 @@ def darkest_dn(values):
     return float(min(np.percentile(band, 0.1) for band in values))
 
 
-def sample_dn(src, max_pixels=250_000):
-    """Valid DN values, [bands, n], from a decimated read of the whole raster."""
+def sample_dn(src, bands=None, max_pixels=250_000):
+    """Valid DN values, [bands, n], of ``bands`` (1-based; default all) from a decimated read of the raster."""
+    bands = list(bands or range(1, src.count + 1))
     step = max(1, int(np.ceil(np.sqrt(src.width * src.height / max_pixels))))
-    shape = (src.count, max(1, src.height // step), max(1, src.width // step))
-    data = src.read(out_shape=shape, masked=True)
+    shape = (len(bands), max(1, src.height // step), max(1, src.width // step))
+    data = src.read(bands, out_shape=shape, masked=True)
     valid = ~np.ma.getmaskarray(data).any(axis=0)
     values = np.asarray(data.data, np.float64)[:, valid]
     return values[:, np.isfinite(values).all(axis=0)] if values.size else values

@@ -217,3 +217,17 @@ def test_values_too_bright_for_reflectance_x_10000_are_refused(tmp_path):
     with rasterio.open(write(tmp_path / "r.tif", 7, value=7400)) as src:
         with pytest.raises(InputError, match=r"darker than 7400 DN.*too bright.*--scale, --offset.*0\.0000275"):
             resolve_radiometry(src)
+
+
+def test_offset_guess_reads_only_the_models_bands(tmp_path):
+    """An Earth Engine style export of L2A with the offset and its scene classification band (SCL, values 0-11):
+    the class band must not pass for dark pixels that rule the offset out."""
+    names = ["B2", "B3", "B4", "B8", "B11", "B12", "SCL"]
+    path = write(tmp_path / "s2_scl.tif", 7, descriptions=names, value=2500)
+    with rasterio.open(path, "r+") as dst:
+        dst.write(np.full((8, 8), 4, np.uint16), 7)
+    with rasterio.open(path) as src:
+        bands = match_bands(RasterBandInfo.from_dataset(src), DEFAULT_MODEL_BANDS)
+        radiometry, reason = resolve_radiometry(src, bands=bands)
+    assert bands == [1, 2, 3, 4, 5, 6]
+    assert radiometry.offset == pytest.approx(-0.1) and "+1000" in reason
