@@ -111,7 +111,8 @@ def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, cons
     # The known scene is bright (no pixel below 1200 DN), so the engine takes it for Sentinel-2 L2A with the +1000
     # DN offset, says so and names the parameter that overrides it.
     detected = ("DN * 0.0001 - 0.1 (reflectance x 10000 with the Sentinel-2 L2A +1000 DN offset "
-                "(no pixel darker than 1200 DN in any band; set the offset to 0 (OFFSET) if the raster has none))")
+                "(no pixel darker than 1200 DN in any band; a bright desert without the offset looks the same: set "
+                "the offset to 0 (OFFSET) if the raster has none))")
     for parameters, expected in (({}, detected), ({"OFFSET": 0.0}, "DN * 0.0001 + 0 (given)"),
                                  ({"SCALE": 0.0002, "OFFSET": -0.1}, "DN * 0.0002 - 0.1 (given)")):
         log = Log()
