@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BandMismatchError, InputError
+from .rasters import valid_pixels
 
 
 @dataclass(frozen=True)
@@ -344,10 +345,8 @@ def sample_dn(src, bands=None, max_pixels=250_000):
     bands = list(bands or range(1, src.count + 1))
     step = max(1, int(np.ceil(np.sqrt(src.width * src.height / max_pixels))))
     shape = (len(bands), max(1, src.height // step), max(1, src.width // step))
-    data = src.read(bands, out_shape=shape, masked=True)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
-    values = np.asarray(data.data, np.float64)[:, valid]
-    return values[:, np.isfinite(values).all(axis=0)] if values.size else values
+    data = src.read(bands, out_shape=shape)
+    return np.asarray(data, np.float64)[:, valid_pixels(src, bands, data)]
 
 
 def _float_tag(tags, keys):

@@ -42,12 +42,13 @@ import rasterio.features
 import shapely
 import torch
 from osgeo import ogr, osr
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from .bands import Band, Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
+from .rasters import valid_pixels
 from .vectorize import _polygonal
 
 IGNORE = 255
@@ -256,20 +257,15 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
 
 
 def _scan_pixels(src, band_index, bare_index, radiometry):
-    """Read the raster strip by strip: where every selected band has data (mask and not NaN), and where spectra
-    look like bare ground (needs red, NIR, SWIR1: ``bare_index``; otherwise nothing is bare)."""
+    """Read the raster strip by strip: where every selected band has data (``rasters.valid_pixels``), and where
+    spectra look like bare ground (needs red, NIR, SWIR1: ``bare_index``; otherwise nothing is bare)."""
     height, width = src.height, src.width
     image_valid = np.ones((height, width), dtype=bool)
     bare = np.zeros((height, width), dtype=bool)
-    needs_masks = any(MaskFlags.all_valid not in src.mask_flag_enums[i - 1] for i in band_index)
-    is_float = any(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in band_index)
     for row in range(0, height, _STRIP_ROWS):
         window = Window(0, row, width, min(_STRIP_ROWS, height - row))
         rows = slice(row, row + window.height)
-        if needs_masks:
-            image_valid[rows] = src.read_masks(band_index, window=window).all(axis=0)
-        if is_float:  # NaN is nodata too
-            image_valid[rows] &= np.isfinite(src.read(band_index, window=window)).all(axis=0)
+        image_valid[rows] = valid_pixels(src, band_index, src.read(band_index, window=window), window)
         if bare_index is not None:
             red, nir, swir1 = src.read(bare_index, window=window, out_dtype="float32") * radiometry.scale + \
                 radiometry.offset

@@ -18,8 +18,9 @@ How a raster (or a window of it) is processed:
   thread encodes and writes finished rows, so disk and model overlap. On the CPU two model calls run at once on
   half the threads each (:func:`device.inference_workers`); their tiles are blended in reading order, so the
   result does not depend on the number of calls.
-- Pixels that are nodata in any model band (dataset nodata, per-band or alpha masks, NaN) are written as nodata in
-  the probability raster and the mask. Tiles with no valid pixel skip the model.
+- Pixels that are nodata in any model band (dataset nodata, per-band or alpha masks, NaN; in an integer raster
+  that declares none, 0 in every band) are written as nodata in the probability raster and the mask. Tiles with no
+  valid pixel skip the model.
 """
 
 import copy
@@ -37,13 +38,12 @@ import numpy as np
 import rasterio
 import rasterio.windows
 import torch
-from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from . import device as devices
 from .errors import Cancelled, InputError
-from .rasters import encode_probability, mask_profile, probability_profile, threshold_mask
+from .rasters import encode_probability, mask_profile, probability_profile, threshold_mask, valid_pixels
 
 WEIGHT_FLOOR = 1e-3
 PREFETCH_BATCHES = 2
@@ -206,18 +206,16 @@ class TileReader:
 
     def batches(self):
         with rasterio.open(self.src_path) as src:
-            needs_masks = any(MaskFlags.all_valid not in src.mask_flag_enums[i - 1] for i in self.band_index)
-            floating = any(np.issubdtype(np.dtype(src.dtypes[i - 1]), np.floating) for i in self.band_index)
             places = []
             for place in self.grid.tiles():
                 places.append(place)
                 if len(places) == self.batch:
-                    yield self._read_batch(src, places, needs_masks, floating)
+                    yield self._read_batch(src, places)
                     places = []
             if places:
-                yield self._read_batch(src, places, needs_masks, floating)
+                yield self._read_batch(src, places)
 
-    def _read_batch(self, src, places, needs_masks, floating):
+    def _read_batch(self, src, places):
         grid = self.grid
         height, width = grid.tile_height, grid.tile_width
         inputs = np.empty((len(places), len(self.band_index)) + self.padded, dtype=np.float32)
@@ -225,9 +223,7 @@ class TileReader:
         for k, (row, col) in enumerate(places):
             window = Window(self.region.col_off + col, self.region.row_off + row, width, height)
             tile = src.read(self.band_index, window=window, out_dtype="float32")
-            tile_valid = np.isfinite(tile).all(axis=0) if floating else np.ones((height, width), bool)
-            if needs_masks:
-                tile_valid &= src.read_masks(self.band_index, window=window).all(axis=0)
+            tile_valid = valid_pixels(src, self.band_index, tile, window)
             tile *= self.gain
             tile += self.bias
             tile[:, ~tile_valid] = 0.0

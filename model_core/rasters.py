@@ -1,4 +1,5 @@
-"""How MineC2F writes its output rasters: GeoTIFF profiles and the probability encoding.
+"""Which input pixels hold data, and how MineC2F writes its output rasters: GeoTIFF profiles and the probability
+encoding.
 
 Probability rasters come in two formats:
 
@@ -10,12 +11,25 @@ The mask raster is uint8: 1 = footprint, 0 = background, 255 = nodata.
 """
 
 import numpy as np
+from rasterio.enums import MaskFlags
 
 PROB_FORMATS = ("uint8", "float32")
 PROB_UINT8_MAX = 254
 UINT8_NODATA = 255
 MASK_FOOTPRINT, MASK_BACKGROUND, MASK_NODATA = 1, 0, UINT8_NODATA
 BLOCK_SIZE = 256
+
+
+def valid_pixels(src, bands, data, window=None):
+    """[H, W] bool: where ``data`` (``bands`` of the open dataset ``src`` read in ``window``, any out_shape) holds
+    data in every band: not NaN, not masked by the raster's nodata, per-band or alpha masks, and - in an integer
+    raster that declares none of these - not 0 in every band (the fill value of Sentinel-2 and Landsat products)."""
+    valid = np.isfinite(data).all(axis=0)
+    if any(MaskFlags.all_valid not in src.mask_flag_enums[band - 1] for band in bands):
+        valid &= src.read_masks(bands, window=window, out_shape=data.shape).all(axis=0)
+    elif all(np.dtype(src.dtypes[band - 1]).kind in "iu" for band in bands):
+        valid &= (data != 0).any(axis=0)
+    return valid
 
 
 def geotiff_profile(dtype, nodata, *, width, height, crs, transform):

@@ -231,3 +231,15 @@ def test_offset_guess_reads_only_the_models_bands(tmp_path):
         radiometry, reason = resolve_radiometry(src, bands=bands)
     assert bands == [1, 2, 3, 4, 5, 6]
     assert radiometry.offset == pytest.approx(-0.1) and "+1000" in reason
+
+
+def test_offset_guess_skips_undeclared_zero_fill(tmp_path):
+    """L2A with the offset, exported without its nodata value: the fill outside the swath is not a dark pixel."""
+    path = write(tmp_path / "swath.tif", 6, descriptions=[b.name for b in DEFAULT_MODEL_BANDS], value=2500)
+    with rasterio.open(path, "r+") as dst:
+        data = dst.read()
+        data[:, :, 5:] = 0
+        dst.write(data)
+    with rasterio.open(path) as src:
+        radiometry, reason = resolve_radiometry(src)
+    assert radiometry.offset == pytest.approx(-0.1) and "+1000" in reason

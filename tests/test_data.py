@@ -136,6 +136,9 @@ def test_outside_the_labelled_extent_and_nodata_are_ignored(tmp_path):
     float_raster = write_raster(tmp_path / "f.tif", reflectance, descriptions=BAND_NAMES)
     labels = label_raster(float_raster, polygons, model_bands=DEFAULT_MODEL_BANDS).labels
     assert (labels[60:, 60:] == IGNORE).all() and (labels[:60] != IGNORE).all()
+    undeclared = write_raster(tmp_path / "u.tif", scene(nodata_box=(0, 8, 0, 8)), descriptions=BAND_NAMES)
+    labels = label_raster(undeclared, polygons, model_bands=DEFAULT_MODEL_BANDS).labels
+    assert (labels[:8, :8] == IGNORE).all() and (labels[8:] != IGNORE).all()  # fill 0 in every band, no nodata set
 
 
 def test_polygons_that_miss_the_raster_are_refused_naming_both_crs(tmp_path, utm_raster):

@@ -182,6 +182,20 @@ def test_nodata_value_nan_and_alpha_become_nodata(make_raster, tmp_path):
     assert (prob[:, 70:] == UINT8_NODATA).all() and (prob[:, :70] < UINT8_NODATA).all()
 
 
+def test_undeclared_zero_fill_is_nodata(make_raster, tmp_path):
+    """A Sentinel-2/Landsat product exported without its nodata value (0): pixels 0 in every model band are fill,
+    a pixel 0 in one band only is data."""
+    dn = random_dn((3, 60, 80))
+    dn[:, :, 60:] = 0   # outside the swath
+    dn[0, 5:10, 5:10] = 0
+    predict(make_raster("fill.tif", dn), pixel_bundle(), tmp_path / "prob.tif", band_index=[1, 2, 3],
+            mask_path=tmp_path / "mask.tif")
+    prob, _ = read(tmp_path / "prob.tif")
+    mask, _ = read(tmp_path / "mask.tif")
+    assert (prob[:, 60:] == UINT8_NODATA).all() and (mask[:, 60:] == UINT8_NODATA).all()
+    assert (prob[:, :60] < UINT8_NODATA).all() and np.isin(mask[:, :60], [0, 1]).all()
+
+
 def test_all_nodata_raster_is_refused(make_raster, tmp_path):
     path = make_raster("empty.tif", np.zeros((3, 40, 40), np.uint16), nodata=0)
     with pytest.raises(InputError, match="every pixel .* is nodata"):
