@@ -23,7 +23,8 @@ def add_segment_command(subparsers):
     parser.add_argument("input", metavar="INPUT", help="multispectral raster (GeoTIFF or any GDAL raster)")
     parser.add_argument("--model", help="model bundle (.safetensors); default: the bundled model")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs (created if missing)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto (default): CUDA when a GPU is there, else the CPU")
     parser.add_argument("--tile", type=int, metavar="N", help="tile size in pixels")
     parser.add_argument("--overlap", type=int, metavar="N", help="overlap between tiles in pixels")
     parser.add_argument("--batch", type=int, metavar="N",
@@ -126,20 +127,24 @@ def _add_training_arguments(parser, run_defaults):
     parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
     parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
     parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
-    parser.add_argument("--epochs", type=int, default=run_defaults["epochs"], metavar="N")
+    parser.add_argument("--epochs", type=int, default=run_defaults["epochs"], metavar="N",
+                        help="training epochs (default %(default)s)")
     parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="bundle to write")
-    parser.add_argument("--batch", type=int, default=run_defaults["batch"], metavar="N")
-    parser.add_argument("--lr", type=float, default=run_defaults["lr"])
-    parser.add_argument("--chip-size", type=int, default=run_defaults["chip_size"], metavar="N")
+    parser.add_argument("--batch", type=int, default=run_defaults["batch"], metavar="N",
+                        help="chips per optimiser step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=run_defaults["lr"], help="peak learning rate (default %(default)s)")
+    parser.add_argument("--chip-size", type=int, default=run_defaults["chip_size"], metavar="N",
+                        help="chip side in pixels (default %(default)s)")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: half the chip size)")
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
     parser.add_argument("--steps-per-epoch", type=int, metavar="N",
                         help="optimiser steps per epoch (default: one pass over the training chips, at least "
                              f"{run_defaults['min_steps_per_epoch']})")
     parser.add_argument("--patience", type=int, default=run_defaults["patience"], metavar="N",
-                        help="early stopping patience (epochs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                        help="early stopping patience in epochs (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto (default): CUDA when a GPU is there, else the CPU")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band")
     _add_radiometry_arguments(parser, "for every --raster (default: from each raster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
