@@ -71,16 +71,10 @@ def _sensor_of(text):
     return None
 
 
-def _landsat_level2_names(labels):
-    """The Collection 2 Level-2 band names (SR_B1, ST_B10, ...) among ``labels``, upper-cased."""
-    names = {_upper_name(label) for label in labels if label}
-    return {name for name in names if re.fullmatch(r"S[RT]_B\d{1,2}", name)}
-
-
 def _sensor_of_band_names(labels):
     """Landsat 8/9 or 4-7 from Collection 2 Level-2 band names, when the file names no sensor: SR_B6 and ST_B10
     are 8/9's, ST_B6 and an SR_B7 without SR_B6 are 4-7's; None when they do not tell."""
-    names = _landsat_level2_names(labels)
+    names = {_upper_name(label) for label in labels if label}
     if names & {"SR_B6", "ST_B10"}:
         return "landsat89"
     if "ST_B6" in names or "SR_B7" in names:
@@ -308,7 +302,7 @@ def resolve_radiometry(src, explicit_scale=None, explicit_offset=None, bands=Non
 
 
 def _guess(src, bands):
-    dtype = np.dtype(src.dtypes[0])
+    dtype = np.dtype(src.dtypes[bands[0] - 1])
     if dtype == np.uint8:
         return Radiometry(1.0 / 255.0, 0.0), "8-bit data scaled 0-255 -> 0-1 (not calibrated reflectance)"
     labels = [src.descriptions[band - 1] or next(filter(None, map(src.tags(band).get, _NAME_TAGS)), "")
@@ -325,7 +319,8 @@ def _guess(src, bands):
     if darkest >= IMPLAUSIBLE_DARKEST_DN:
         raise InputError(f"{_name(src)}: no pixel is darker than {darkest:.0f} DN in any band, too bright for "
                          "reflectance x 10000 (Sentinel-2), even with the L2A +1000 offset; give the scale and offset "
-                         "(--scale, --offset), e.g. 0.0000275 and -0.2 for Landsat Collection 2 Level-2")
+                         "(--scale, --offset): 0.0000275 and -0.2 for Landsat Collection 2 Level-2, 0.0001 and -0.1 "
+                         "for Sentinel-2 L2A with the offset over bright ground only")
     if darkest >= L2A_OFFSET_DN and high > 1500:
         return (Radiometry(1e-4, -L2A_OFFSET_DN * 1e-4),
                 f"reflectance x 10000 with the Sentinel-2 L2A +{L2A_OFFSET_DN} DN offset (no pixel darker than "
