@@ -30,6 +30,7 @@ DOCK_FIELDS = {"INPUT": "Raster", "RASTERS": "Raster", "MODEL": "Model", "TEACHE
                "DEVICE": "Device", "THRESHOLD": "Threshold", "MIN_AREA_HA": "Minimum area",
                "OUTPUT_PROBABILITY": "Output folder", "OUTPUT_MASK": "Output folder",
                "OUTPUT_FOOTPRINTS": "Output folder", "POLYGONS": "Footprints", "EXTENT": "Labelled extent",
+               "EXCLUDE": "Do not segment inside",
                "EPOCHS": "Epochs", "OUTPUT_MODEL": "New model name"}
 
 
@@ -131,6 +132,13 @@ class MineC2FDock(QgsDockWidget):
         self.min_area_box.setSuffix(" ha")
         self.min_area_box.setToolTip("Footprints and holes smaller than this are dropped")
         form.addRow("Minimum area", self.min_area_box)
+        self.exclude_box = QgsMapLayerComboBox()
+        self.exclude_box.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.exclude_box.setAllowEmptyLayer(True, "nothing")
+        self.exclude_box.setLayer(None)
+        self.exclude_box.setToolTip("Polygons not to segment, such as lakes, rivers or sea you know are natural (the "
+                                    "model can take bright water for a tailings pond): nodata in the results")
+        form.addRow("Do not segment inside", self.exclude_box)
         self._build_radiometry(form)
         self.folder_widget = QgsFileWidget()
         self.folder_widget.setStorageMode(QgsFileWidget.GetDirectory)
@@ -334,9 +342,11 @@ class MineC2FDock(QgsDockWidget):
             if not any(path.exists() for path in paths):
                 break
             number += 1
+        exclude = self.exclude_box.currentLayer()
         return {"INPUT": str(input_path), "MODEL": str(entry.path), "BANDS": self.band_mapping_text(),
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
                 "THRESHOLD": self.threshold_box.value(), "MIN_AREA_HA": self.min_area_box.value(),
+                "EXCLUDE": exclude.id() if exclude is not None else None,
                 "OUTPUT_PROBABILITY": str(paths[0]), "OUTPUT_MASK": str(paths[1]),
                 "OUTPUT_FOOTPRINTS": str(paths[2]), **self.radiometry_choice()}
 

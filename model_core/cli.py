@@ -36,6 +36,8 @@ def add_segment_command(subparsers):
     _add_radiometry_arguments(parser, "(default: from the raster's metadata or detected)")
     parser.add_argument("--bounds", type=float, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
                         help="only segment this extent (raster CRS); outputs cover the input pixels it touches")
+    parser.add_argument("--exclude", metavar="MASK.gpkg",
+                        help="polygons (any CRS) not to segment, e.g. natural water: nodata in the outputs")
     parser.add_argument("--prob-format", choices=("uint8", "float32"), default="uint8",
                         help="uint8: probability*254, 255 nodata (default); float32: NaN nodata")
     parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
@@ -56,7 +58,7 @@ def run_segment(args):
         args.input, args.model or paths.DEFAULT_MODEL, prob_path, mask_path, footprints_path, device=args.device,
         tile=args.tile, overlap=args.overlap, batch=args.batch, threshold=args.threshold,
         min_area_ha=args.min_area_ha, band_mapping=parse_band_mapping(args.bands) if args.bands else None,
-        scale=args.scale, offset=args.offset, bounds=args.bounds, overwrite=args.overwrite,
+        scale=args.scale, offset=args.offset, bounds=args.bounds, exclude=args.exclude, overwrite=args.overwrite,
         prob_format=args.prob_format, precision=args.precision,
         progress=None if args.quiet else _ProgressPrinter(), log=say)
     print(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha in total")

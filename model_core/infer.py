@@ -38,6 +38,7 @@ import numpy as np
 import rasterio
 import rasterio.windows
 import torch
+from rasterio.features import geometry_mask
 from rasterio.windows import Window
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
@@ -191,10 +192,12 @@ class Batch:
 
 class TileReader:
     """Reads the tiles of ``grid`` (offset by ``region``) from ``src_path``: selected bands, DN -> reflectance ->
-    normalised, nodata found and zeroed, padded to a multiple of ``stride``, grouped in batches of ``batch``."""
+    normalised, nodata (and pixels inside the ``exclude`` polygons, in the raster's CRS) found and zeroed, padded to
+    a multiple of ``stride``, grouped in batches of ``batch``."""
 
-    def __init__(self, src_path, grid, region, band_index, scale, offset, mean, std, stride, batch):
+    def __init__(self, src_path, grid, region, band_index, scale, offset, mean, std, stride, batch, exclude=()):
         self.src_path, self.grid, self.region, self.batch = src_path, grid, region, batch
+        self.exclude = list(exclude)
         self.band_index = list(band_index)
         bands = len(self.band_index)
         scale = np.broadcast_to(np.asarray(scale, np.float32), (bands,))
@@ -224,6 +227,8 @@ class TileReader:
             window = Window(self.region.col_off + col, self.region.row_off + row, width, height)
             tile = src.read(self.band_index, window=window, out_dtype="float32")
             tile_valid = valid_pixels(src, self.band_index, tile, window)
+            if self.exclude:
+                tile_valid &= geometry_mask(self.exclude, (height, width), src.window_transform(window))
             tile *= self.gain
             tile += self.bias
             tile[:, ~tile_valid] = 0.0
@@ -347,7 +352,7 @@ class StripAccumulator:
 
 def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=None, band_index,
                    radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", precision="auto",
-                   workers=None, progress=None, is_canceled=None):
+                   workers=None, exclude=(), progress=None, is_canceled=None):
     """Run ``bundle``'s net over ``src_path`` (or its ``window``) and write the probability raster ``prob_path``.
 
     ``band_index``: 1-based raster band per model band. ``radiometry``: reflectance = DN * scale + offset (scalars
@@ -355,7 +360,8 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     the device's, see :attr:`DeviceInfo.inference_batch`). With ``mask_path`` the thresholded mask
     (``threshold``, default the bundle's) is written in the same pass. Outputs share the region's grid.
     ``precision``: "auto" (see :func:`autocast_for`) or "float32". ``workers``: model calls run at once, sharing
-    the CPU threads (default: :func:`device.inference_workers`).
+    the CPU threads (default: :func:`device.inference_workers`). ``exclude``: shapely polygons in the raster's CRS
+    whose pixels are nodata in the outputs (and skip the model).
     Raises InputError when no pixel of the region has data, Cancelled when ``is_canceled()`` turns True.
     """
     spec = bundle.spec
@@ -373,7 +379,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
                         "transform": src.window_transform(region)}
     grid = TileGrid.over(int(region.height), int(region.width), tile, overlap, bundle.net.stride)
     reader = TileReader(src_path, grid, region, band_index, radiometry.scale, radiometry.offset,
-                        spec.norm_mean, spec.norm_std, bundle.net.stride, batch)
+                        spec.norm_mean, spec.norm_std, bundle.net.stride, batch, exclude)
     stop = threading.Event()
     batches = _Pipe(PREFETCH_BATCHES, stop)
     reader_thread = _Worker(lambda: _feed(reader, batches), stop)
@@ -419,8 +425,9 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
         reader_thread.join()
         writer.thread.join()
     if strip.valid_pixels == 0:
-        raise InputError("every pixel of the raster (or of the requested extent) is nodata in the model's bands; "
-                         "choose a raster or extent with data, or fix the raster's nodata value")
+        raise InputError("every pixel of the raster (or of the requested extent) is nodata in the model's bands"
+                         f"{' or excluded' if exclude else ''}; choose a raster or extent with data, or fix the "
+                         "raster's nodata value")
 
 
 def _feed(reader, pipe):

@@ -24,6 +24,7 @@ from rasterio.windows import Window
 
 from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, load_bundle
+from .data import read_polygons, reproject_polygons
 from .device import resolve_device
 from .errors import InputError, OutputError
 from .infer import PRECISIONS, predict_raster
@@ -53,13 +54,14 @@ def output_paths(input_path, out_dir):
 
 def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, device="auto", tile=None,
                   overlap=None, batch=None, threshold=None, min_area_ha=None, band_mapping=None, scale=None,
-                  offset=None, bounds=None, overwrite=False, prob_format="uint8", precision="auto", progress=None,
-                  is_canceled=None, log=None):
+                  offset=None, bounds=None, exclude=None, overwrite=False, prob_format="uint8", precision="auto",
+                  progress=None, is_canceled=None, log=None):
     """Segment mining footprints in ``input_path`` with ``model`` (bundle path or loaded Bundle).
 
     Unset ``tile``, ``overlap``, ``threshold``, ``min_area_ha`` come from the bundle's spec, an unset ``batch``
     from the device. ``precision``: "auto" (float16 on CUDA, bfloat16 on CPUs that compute it natively) or
-    "float32".
+    "float32". ``exclude``: a polygon file (any CRS) whose pixels are not segmented (nodata in the outputs), such as
+    water bodies known to be natural.
     Raises InputError / BandMismatchError / BundleError / OutputError / Cancelled with a one-line message.
     """
     progress = progress or (lambda percent: None)
@@ -84,6 +86,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
             band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
             radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset,
                                                                 bands=band_index)
+            exclude_shapes = _exclusion(exclude, src.crs.to_wkt(), log) if exclude else []
         device_info = resolve_device(device)
         batch = batch or device_info.inference_batch
         log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
@@ -93,7 +96,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
         predict_raster(input_path, bundle, staged.temp["prob"], device=device_info, tile=tile, overlap=overlap,
                        batch=batch, band_index=band_index, radiometry=radiometry, window=window,
                        mask_path=staged.temp["mask"], threshold=threshold, prob_format=prob_format,
-                       precision=precision,
+                       precision=precision, exclude=exclude_shapes,
                        progress=lambda p: progress(p * INFERENCE_SHARE / 100.0), is_canceled=is_canceled)
         vectors = polygonize(staged.temp["mask"], staged.temp["prob"], staged.temp["footprints"],
                              min_area_ha=min_area_ha, model_name=spec.name, source=input_path.name,
@@ -105,6 +108,15 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
                               footprints_path=staged.final["footprints"], footprint_count=vectors.count,
                               total_area_ha=vectors.total_area_ha, device_name=device_info.name,
                               radiometry=radiometry, radiometry_reason=radiometry_reason)
+
+
+def _exclusion(path, crs_wkt, log):
+    """The polygons of the file ``path`` (any CRS) in the raster's CRS ``crs_wkt``."""
+    layer = read_polygons(path, allow_empty=True, log=log)
+    shapes = reproject_polygons(layer, crs_wkt)
+    log(f"not segmenting inside {len(shapes)} polygon{'s' * (len(shapes) != 1)} of {Path(path).name}"
+        + ("" if layer.crs_wkt else " (no CRS: taken to be the raster's)"))
+    return shapes
 
 
 class StagedOutputs:

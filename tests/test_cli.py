@@ -107,3 +107,26 @@ def test_landsat_level2_stack_with_its_thermal_band(make_raster, tiny_bundle_pat
     log = printed.out + printed.err
     assert "raster bands [2, 3, 4, 5, 6, 7]" in log, log
     assert "reflectance = DN * 2.75e-05 - 0.2 (the raster's scale/offset metadata)" in log, log
+
+
+def test_exclude_polygons_in_another_crs(scene, tiny_bundle_path, tmp_path, capsys):
+    """--exclude takes polygons in any CRS: a box in longitude/latitude over the scene's western half (UTM 33N,
+    10 m pixels from x 500000) leaves those pixels nodata."""
+    import rasterio
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_geom
+
+    from model_core.vectorize import write_polygons_gpkg
+
+    west = shapely.box(499000.0, 5799000.0, 500320.0, 5801000.0)  # columns 0-31 of 64
+    lonlat = shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", shapely.geometry.mapping(
+        shapely.segmentize(west, 10.0))))
+    mask_file = tmp_path / "water.gpkg"
+    write_polygons_gpkg(mask_file, [lonlat], CRS.from_epsg(4326).to_wkt(), {}, layer="water")
+    out = tmp_path / "out"
+    assert segment(scene, "--model", tiny_bundle_path, "--out-dir", out, "--tile", "64", "--exclude", mask_file) == 0
+    assert "not segmenting inside 1 polygon of water.gpkg" in capsys.readouterr().err
+    with rasterio.open(out / "scene_mask.tif") as src:
+        mask = src.read(1)
+    assert (mask[:, :31] == 255).all() and (mask[:, 33:] != 255).all()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.errors
+import shapely
 import torch
 from rasterio.windows import Window
 from torch.fx.experimental.optimization import fuse
@@ -194,6 +195,22 @@ def test_undeclared_zero_fill_is_nodata(make_raster, tmp_path):
     mask, _ = read(tmp_path / "mask.tif")
     assert (prob[:, 60:] == UINT8_NODATA).all() and (mask[:, 60:] == UINT8_NODATA).all()
     assert (prob[:, :60] < UINT8_NODATA).all() and np.isin(mask[:, :60], [0, 1]).all()
+
+
+def test_excluded_polygons_are_nodata_and_the_rest_unchanged(make_raster, tmp_path):
+    """Grid (default): 10 m pixels from (500000, 5800000); the polygon covers rows 20-39 and columns 30-59."""
+    dn = random_dn((3, 60, 80))
+    bundle, path = pixel_bundle(), make_raster("in.tif", dn)
+    water = shapely.box(500300.0, 5799600.0, 500600.0, 5799800.0)
+    predict(path, bundle, tmp_path / "prob.tif", band_index=[1, 2, 3], prob_format="float32", exclude=[water])
+    prob, _ = read(tmp_path / "prob.tif")
+    outside = np.ones(prob.shape, bool)
+    outside[20:40, 30:60] = False
+    assert np.isnan(prob[~outside]).all()
+    np.testing.assert_allclose(prob[outside], expected_prob(dn.astype(np.float32), bundle)[outside], atol=1e-5)
+    with pytest.raises(InputError, match="nodata in the model's bands or excluded"):
+        predict(path, bundle, tmp_path / "none.tif", band_index=[1, 2, 3],
+                exclude=[shapely.box(499000.0, 5799000.0, 501000.0, 5801000.0)])
 
 
 def test_all_nodata_raster_is_refused(make_raster, tmp_path):

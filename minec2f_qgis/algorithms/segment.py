@@ -6,10 +6,12 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFile,
                        QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination, QgsProcessingUtils)
+                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
+                       QgsProcessingParameterVectorLayer, QgsProcessingUtils)
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
-from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file
+from .common import (DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file,
+                     vector_file)
 
 HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
 scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
@@ -28,6 +30,9 @@ alarms. Not set: the model's recommended value.
 <b>Tile size / overlap (pixels)</b>: the scene is processed in overlapping tiles, blended without seams. Not set: \
 the model's values. Larger tiles are faster on a GPU and need more memory.
 <b>Extent</b>: only segment inside this extent (any CRS; it is transformed to the raster's). Not set: whole raster.
+<b>Do not segment inside</b>: polygons (any CRS) whose pixels are left out, e.g. lakes, rivers or sea you know are \
+natural (the bundled model can take water as bright as tailings water for a tailings pond). They are nodata in the \
+outputs.
 <h3>Outputs</h3>
 <b>Footprint probability</b>: GeoTIFF on the input's grid, 0-254 = probability 0-1, 255 = nodata.
 <b>Footprint mask</b>: GeoTIFF, 1 = footprint, 0 = background, 255 = nodata.
@@ -46,6 +51,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     EXTENT = "EXTENT"
+    EXCLUDE = "EXCLUDE"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_MASK = "OUTPUT_MASK"
     OUTPUT_FOOTPRINTS = "OUTPUT_FOOTPRINTS"
@@ -54,7 +60,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     REFLECTANCE = "REFLECTANCE"
     ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS, "--model": MODEL,
                       "--device": DEVICE, "--tile": TILE_SIZE, "--overlap": OVERLAP, "--threshold": THRESHOLD,
-                      "--min-area-ha": MIN_AREA_HA, "--bounds": EXTENT}
+                      "--min-area-ha": MIN_AREA_HA, "--bounds": EXTENT, "--exclude": EXCLUDE}
 
     def name(self):
         return "segment"
@@ -90,6 +96,9 @@ class SegmentAlgorithm(MineC2FAlgorithm):
                 name, label, QgsProcessingParameterNumber.Integer, optional=True, minValue=minimum)))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Only segment inside this extent", optional=True))
+        self.addParameter(QgsProcessingParameterVectorLayer(
+            self.EXCLUDE, "Do not segment inside these polygons (e.g. natural water)",
+            [QgsProcessing.TypeVectorPolygon], optional=True))
         # Optional (created by default) so that `qgis_process run minec2f:segment -- INPUT=.. OUTPUT_FOOTPRINTS=..`
         # works; when skipped they are written to Processing's temporary folder.
         for name, label in ((self.OUTPUT_PROBABILITY, "Footprint probability"), (self.OUTPUT_MASK, "Footprint mask")):
@@ -105,6 +114,11 @@ class SegmentAlgorithm(MineC2FAlgorithm):
         super().check_parameters(parameters, context)
         layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
         self.band_mapping(parameters, context)
+
+    def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
+        exclude = self.parameterAsVectorLayer(parameters, self.EXCLUDE, context)
+        self.exclude = vector_file(exclude, self.EXCLUDE) if exclude is not None else None
+        return True
 
     def process(self, parameters, context, feedback):
         from model_core.paths import DEFAULT_MODEL
@@ -130,7 +144,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             threshold=self.optional_number(parameters, self.THRESHOLD, context, float),
             min_area_ha=self.optional_number(parameters, self.MIN_AREA_HA, context, float),
             band_mapping=self.band_mapping(parameters, context), **self.radiometry(parameters, context),
-            bounds=bounds,
+            bounds=bounds, exclude=self.exclude,
             overwrite=True,  # Processing's file dialogs already asked; temporary outputs are fresh names
             progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=self.engine_log(feedback))
         feedback.pushInfo(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha "

@@ -8,8 +8,8 @@ import os
 import pytest
 from dock_tasks import wait_for_task
 from known_scene import MODEL_BANDS
-from qgis.core import (QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
-                       QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer)
+from qgis.core import (QgsFeature, QgsGeometry, QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsRectangle,
+                       QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer, QgsVectorLayer)
 
 from minec2f_qgis import models
 from minec2f_qgis.dock import MineC2FDock
@@ -85,6 +85,21 @@ def test_the_result_says_which_reflectance_scale_and_offset_were_used_and_they_c
     dock.run_button.click()
     wait_for_task(dock)
     assert "reflectance = DN * 0.0001 + 0 (given)" in dock.status.text(), dock.status.text()
+
+
+def test_polygons_chosen_not_to_segment_are_left_out(dock):
+    """A polygon layer over the second block (rows 60-80, cols 60-80 at 10 m from (500000, 5800000))."""
+    water = QgsVectorLayer("Polygon?crs=EPSG:32633", "natural water", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(500550, 5799150, 500850, 5799450)))
+    water.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(water)
+    assert dock.parameters()["EXCLUDE"] is None  # nothing excluded until the user picks a layer
+    dock.exclude_box.setLayer(water)
+    assert dock.parameters()["EXCLUDE"] == water.id()
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert "1 footprints, 12.0 ha" in dock.status.text(), dock.status.text()
 
 
 def test_cancel_adds_nothing(dock, tmp_path):

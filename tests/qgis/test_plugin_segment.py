@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import rasterio
 from known_scene import BLOCK_AREAS_HA, BLOCKS, MODEL_BANDS
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProcessingException,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsGeometry,
+                       QgsProcessingException,
                        QgsProcessingFeedback, QgsProject, QgsRasterDataProvider, QgsRasterLayer, QgsRectangle,
                        QgsVectorLayer)
 
@@ -65,6 +66,25 @@ def test_extent_in_another_crs_limits_the_segmented_area(plugin, known_scene, co
 
     assert results["FOOTPRINT_COUNT"] == 1
     assert results["TOTAL_AREA_HA"] == pytest.approx(BLOCK_AREAS_HA[1], rel=0.01)
+
+
+def test_excluded_polygons_of_a_scratch_layer_in_another_crs_are_not_segmented(plugin, known_scene,
+                                                                                constant_bundle_path):
+    # A scratch layer in WGS 84 over the second block (rows 60-80, cols 60-80): only the first block is left.
+    block = QgsRectangle(500000 + 55 * 10, 5800000 - 85 * 10, 500000 + 85 * 10, 5800000 - 55 * 10)
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    water = QgsVectorLayer("Polygon?crs=EPSG:4326", "natural water", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(to_wgs84.transformBoundingBox(block)))
+    water.dataProvider().addFeatures([feature])
+
+    results = run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), EXCLUDE=water)
+
+    assert results["FOOTPRINT_COUNT"] == 1
+    assert results["TOTAL_AREA_HA"] == pytest.approx(BLOCK_AREAS_HA[0], rel=0.01)
+    with rasterio.open(results["OUTPUT_MASK"]) as src:
+        assert (src.read(1)[BLOCKS[1]] == 255).all()
 
 
 def test_cancel_leaves_no_output(plugin, known_scene, constant_bundle_path, tmp_path):
