@@ -18,8 +18,8 @@ How a raster (or a window of it) is processed:
   thread encodes and writes finished rows, so disk and model overlap. On the CPU two model calls run at once on
   half the threads each (:func:`device.inference_workers`); their tiles are blended in reading order, so the
   result does not depend on the number of calls.
-- Pixels that are nodata in any model band (dataset nodata, per-band or alpha masks, NaN; in an integer raster
-  that declares none, 0 in every band) are written as nodata in the probability raster and the mask. Tiles with no
+- Pixels that are nodata in any model band (dataset nodata, per-band or alpha masks, NaN; in a raster that
+  declares none, 0 in every band) are written as nodata in the probability raster and the mask. Tiles with no
   valid pixel skip the model.
 """
 

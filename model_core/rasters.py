@@ -22,12 +22,13 @@ BLOCK_SIZE = 256
 
 def valid_pixels(src, bands, data, window=None):
     """[H, W] bool: where ``data`` (``bands`` of the open dataset ``src`` read in ``window``, any out_shape) holds
-    data in every band: not NaN, not masked by the raster's nodata, per-band or alpha masks, and - in an integer
-    raster that declares none of these - not 0 in every band (the fill value of Sentinel-2 and Landsat products)."""
+    data in every band: not NaN, not masked by the raster's nodata, per-band or alpha masks, and - in a raster that
+    declares none of these - not 0 in every band (the fill of Sentinel-2 and Landsat products and of exports that
+    drop their nodata value)."""
     valid = np.isfinite(data).all(axis=0)
     if any(MaskFlags.all_valid not in src.mask_flag_enums[band - 1] for band in bands):
         valid &= src.read_masks(bands, window=window, out_shape=data.shape).all(axis=0)
-    elif all(np.dtype(src.dtypes[band - 1]).kind in "iu" for band in bands):
+    else:
         valid &= (data != 0).any(axis=0)
     return valid
 

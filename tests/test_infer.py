@@ -195,6 +195,10 @@ def test_undeclared_zero_fill_is_nodata(make_raster, tmp_path):
     mask, _ = read(tmp_path / "mask.tif")
     assert (prob[:, 60:] == UINT8_NODATA).all() and (mask[:, 60:] == UINT8_NODATA).all()
     assert (prob[:, :60] < UINT8_NODATA).all() and np.isin(mask[:, :60], [0, 1]).all()
+    predict(make_raster("fill_float.tif", dn.astype(np.float32) / 10000), pixel_bundle(), tmp_path / "prob_f.tif",
+            band_index=[1, 2, 3], radiometry=SimpleNamespace(scale=1.0, offset=0.0))
+    prob, _ = read(tmp_path / "prob_f.tif")
+    assert (prob[:, 60:] == UINT8_NODATA).all() and (prob[:, :60] < UINT8_NODATA).all()  # a float export alike
 
 
 def test_excluded_polygons_are_nodata_and_the_rest_unchanged(make_raster, tmp_path):
