@@ -145,6 +145,8 @@ def _add_training_arguments(parser, run_defaults):
     parser.add_argument("--patience", type=int, default=run_defaults["patience"], metavar="N",
                         help="early stopping patience in epochs (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument("--gain-jitter", type=float, default=run_defaults["gain_jitter"], metavar="G",
+                        help="augmentation: each band's reflectance x U(1-G, 1+G) per chip (default %(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto (default): CUDA when a GPU is there, else the CPU")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band")
@@ -198,7 +200,7 @@ def _training_call(args):
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
               "stride": args.stride, "max_chips": args.max_chips, "steps_per_epoch": args.steps_per_epoch,
               "min_steps_per_epoch": args.min_steps_per_epoch, "patience": args.patience, "seed": args.seed,
-              "device": args.device}
+              "device": args.device, "gain_jitter": args.gain_jitter}
     for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes", "freeze_encoder"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

@@ -93,6 +93,7 @@ class TrainConfig:
     freeze_encoder: bool = False    # students started from the teacher: train the decoder and head only
     dice_weight: float = 1.0
     offset_jitter: float = 0.1      # reflectance offset augmentation (survives a missed L2A +1000 DN offset)
+    gain_jitter: float = defaults.TEACHER["gain_jitter"]  # per-band reflectance gain augmentation: x U(1-g, 1+g)
     architecture: str = DEFAULT_ARCHITECTURE
     encoder: str = DEFAULT_ENCODER
     encoder_depth: int = DEFAULT_ENCODER_DEPTH
@@ -513,9 +514,9 @@ def _training_device(config, log, doing):
 
 def _datasets(config, rasters, polygons, bands, **options):
     """``build_datasets`` with the run's chip size, stride, seed, batch and augmentation."""
+    augment = Augment(gain_jitter=config.gain_jitter, reflectance_offset_jitter=config.offset_jitter)
     return build_datasets(rasters, polygons, model_bands=bands, chip_size=config.chip_size, stride=config.chip_stride,
-                          seed=config.seed, batch_size=config.batch,
-                          augment=Augment(reflectance_offset_jitter=config.offset_jitter), **options)
+                          seed=config.seed, batch_size=config.batch, augment=augment, **options)
 
 
 def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(method="coarse_only"),

@@ -87,8 +87,10 @@ def test_an_epoch_is_at_least_the_commands_minimum_unless_set(command, run_defau
     config, _ = cli._training_call(cli.build_parser().parse_args([command, *required]))
     assert (config.steps_per_epoch, config.min_steps_per_epoch) == (None, run_defaults["min_steps_per_epoch"])
     assert config.epochs == run_defaults["epochs"]
-    config, _ = cli._training_call(cli.build_parser().parse_args([command, *required, "--steps-per-epoch", "7"]))
-    assert config.steps_per_epoch == 7
+    assert config.gain_jitter == run_defaults["gain_jitter"]
+    config, _ = cli._training_call(cli.build_parser().parse_args([command, *required, "--steps-per-epoch", "7",
+                                                                  "--gain-jitter", "0.3"]))
+    assert config.steps_per_epoch == 7 and config.gain_jitter == 0.3
     with pytest.raises(InputError, match="steps per epoch must be at least 1"):
         type(config)(steps_per_epoch=0).check()
 

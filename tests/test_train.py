@@ -297,6 +297,7 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     spec = load_bundle(tmp_path / "cli.safetensors").spec
     assert spec.role == "student"
     assert spec.training["radiometry"] == ["given"] * len(images)  # --scale for every raster, offset still detected
+    assert spec.hyperparameters["gain_jitter"] == defaults.STUDENT["gain_jitter"]
     out, err = capsys.readouterr()
     assert "model:" in out
     assert f"validation IoU {spec.metrics['val_iou']:.3f} at threshold {spec.threshold}" in out  # the bundle's own

@@ -185,7 +185,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             steps_per_epoch=self.parameterAsInt(parameters, self.STEPS_PER_EPOCH, context) or None,
-            min_steps_per_epoch=self.DEFAULTS["min_steps_per_epoch"],
+            min_steps_per_epoch=self.DEFAULTS["min_steps_per_epoch"], gain_jitter=self.DEFAULTS["gain_jitter"],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
             **self.method_config(parameters, context))
         result = self.train(

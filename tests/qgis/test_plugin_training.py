@@ -94,6 +94,7 @@ def test_finetune_student_records_its_teacher(plugin, scene, tiny_bundle_path, t
     assert spec.hyperparameters["lambda_feat"] == 0.5 and spec.hyperparameters["lr"] == defaults.STUDENT["lr"]
     assert spec.training["polygons"] == "my_footprints.gpkg" and spec.training["extent"] == "extent.gpkg"
     assert spec.hyperparameters["min_steps_per_epoch"] == defaults.STUDENT["min_steps_per_epoch"]  # as the CLI's
+    assert spec.hyperparameters["gain_jitter"] == defaults.STUDENT["gain_jitter"]
     assert results["BEST_EPOCH"] == 1 and (tmp_path / "student.log.csv").exists()
 
 
