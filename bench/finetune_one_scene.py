@@ -3,7 +3,8 @@ landscape (3 mines each), IoU on scene B of the bundled model and of students fi
 defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-scenes``).
 
     .venv/bin/python bench/finetune_one_scene.py [--epochs N] [--steps-per-epoch N] [--rehearsal 0 4] [--seed 0]
-        [--method minec2f] [--freeze-encoder] [--pairs NAME ...] [--work DIR] [--workers 2] [--by-class]
+        [--method minec2f] [--freeze-encoder] [--gain-jitter G] [--pairs NAME ...] [--work DIR] [--workers 2]
+        [--by-class]
 
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
 share a strong shift the bundled model never saw (per-band gain 0.75-1.3, haze, winter or dry season, brighter or
@@ -132,6 +133,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="the students' training seed (the CLI's --seed)")
     parser.add_argument("--method", default="minec2f", help="the students' method (the CLI's --method)")
     parser.add_argument("--freeze-encoder", action="store_true", help="the students keep the teacher's encoder")
+    parser.add_argument("--gain-jitter", type=float, help="the CLI's --gain-jitter (default: its own)")
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=list(PAIRS))
     parser.add_argument("--work", help="keep scenes and students here (default: a temporary folder)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="pairs at once, one thread each")
@@ -140,6 +142,8 @@ def main():
     options = ["--freeze-encoder"] if args.freeze_encoder else []
     if args.steps_per_epoch:
         options += ["--steps-per-epoch", str(args.steps_per_epoch)]
+    if args.gain_jitter is not None:
+        options += ["--gain-jitter", str(args.gain_jitter)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -153,7 +157,8 @@ def main():
     models = list(next(iter(results.values())))
     steps = f" of {args.steps_per_epoch} steps" if args.steps_per_epoch else ""
     print(f"IoU on scene B; students fine-tuned on scene A for {args.epochs} epochs{steps} with the CLI defaults, "
-          f"method {args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}; "
+          f"method {args.method}{', encoder frozen' if args.freeze_encoder else ''}, seed {args.seed}"
+          f"{'' if args.gain_jitter is None else f', gain jitter {args.gain_jitter}'}; "
           f"{(time.perf_counter() - started) / 60:.1f} min, {args.workers} pairs at once")
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
     for name, rows in results.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 import rasterio
 import rasterio.errors
 import rasterio.windows
+import shapely
 from rasterio.windows import Window
 
 from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
@@ -86,7 +87,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
             band_index = match_bands(RasterBandInfo.from_dataset(src), spec.band_list(), band_mapping)
             radiometry, radiometry_reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset,
                                                                 bands=band_index)
-            exclude_shapes = _exclusion(exclude, src.crs.to_wkt(), log) if exclude else []
+            exclude_shapes = _exclusion(exclude, src.crs.to_wkt(), src.window_bounds(window), log) if exclude else []
         device_info = resolve_device(device)
         batch = batch or device_info.inference_batch
         log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
@@ -110,12 +111,13 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
                               radiometry=radiometry, radiometry_reason=radiometry_reason)
 
 
-def _exclusion(path, crs_wkt, log):
-    """The polygons of the file ``path`` (any CRS) in the raster's CRS ``crs_wkt``."""
+def _exclusion(path, crs_wkt, bounds, log):
+    """The polygons of the file ``path`` (any CRS) in the raster's CRS ``crs_wkt`` that touch ``bounds``."""
     layer = read_polygons(path, allow_empty=True, log=log)
-    shapes = reproject_polygons(layer, crs_wkt)
-    log(f"not segmenting inside {len(shapes)} polygon{'s' * (len(shapes) != 1)} of {Path(path).name}"
-        + ("" if layer.crs_wkt else " (no CRS: taken to be the raster's)"))
+    area = shapely.box(*bounds)
+    shapes = [shape for shape in reproject_polygons(layer, crs_wkt) if shape.intersects(area)]
+    unset = "" if layer.crs_wkt else " (it has no CRS: taken to be the raster's)"
+    log(f"not segmenting inside the {len(shapes)} polygon(s) of {Path(path).name} over the raster{unset}")
     return shapes
 
 

@@ -116,6 +116,7 @@ def test_exclude_polygons_in_another_crs(scene, tiny_bundle_path, tmp_path, caps
     10 m pixels from x 500000) leaves those pixels nodata."""
     import rasterio
     import shapely
+    import shapely.affinity
     from rasterio.crs import CRS
     from rasterio.warp import transform_geom
 
@@ -125,10 +126,11 @@ def test_exclude_polygons_in_another_crs(scene, tiny_bundle_path, tmp_path, caps
     lonlat = shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", shapely.geometry.mapping(
         shapely.segmentize(west, 10.0))))
     mask_file = tmp_path / "water.gpkg"
-    write_polygons_gpkg(mask_file, [lonlat], CRS.from_epsg(4326).to_wkt(), {}, layer="water")
+    elsewhere = shapely.affinity.translate(lonlat, xoff=1.0)  # a lake a degree east: not counted
+    write_polygons_gpkg(mask_file, [lonlat, elsewhere], CRS.from_epsg(4326).to_wkt(), {}, layer="water")
     out = tmp_path / "out"
     assert segment(scene, "--model", tiny_bundle_path, "--out-dir", out, "--tile", "64", "--exclude", mask_file) == 0
-    assert "not segmenting inside 1 polygon of water.gpkg" in capsys.readouterr().err
+    assert "not segmenting inside the 1 polygon(s) of water.gpkg over the raster" in capsys.readouterr().err
     with rasterio.open(out / "scene_mask.tif") as src:
         mask = src.read(1)
     assert (mask[:, :31] == 255).all() and (mask[:, 33:] != 255).all()
