@@ -227,12 +227,12 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
                                                bands=band_index)
         raster_wkt = src.crs.to_wkt()
         shape, transform = (src.height, src.width), src.transform
-        footprints = _overlapping(reproject_polygons(polygons, raster_wkt), src.bounds)
+        footprints = overlapping(reproject_polygons(polygons, raster_wkt), src.bounds)
         if polygons.crs_wkt is None:
             log(f"{Path(polygons.path).name} has no CRS; assuming the raster's ({_crs_name(raster_wkt)})")
         labelled = np.ones(shape, dtype=bool)
         if extent is not None:
-            extent_shapes = _overlapping(reproject_polygons(extent, raster_wkt), src.bounds)
+            extent_shapes = overlapping(reproject_polygons(extent, raster_wkt), src.bounds)
             if not extent_shapes:
                 raise InputError(
                     f"the labelled extent {Path(extent.path).name} does not overlap {path.name} (raster CRS "
@@ -802,6 +802,7 @@ def _crs_name(wkt):
     return f"{srs.GetName()} ({srs.GetAuthorityName(None)}:{code})" if code else srs.GetName()
 
 
-def _overlapping(geometries, bounds):
+def overlapping(geometries, bounds):
+    """The ``geometries`` that intersect the box ``bounds`` (xmin, ymin, xmax, ymax)."""
     box = shapely.box(*bounds)
     return [g for g in geometries if g.intersects(box)]

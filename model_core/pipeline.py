@@ -20,12 +20,11 @@ from pathlib import Path
 import rasterio
 import rasterio.errors
 import rasterio.windows
-import shapely
 from rasterio.windows import Window
 
 from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, load_bundle
-from .data import read_polygons, reproject_polygons
+from .data import overlapping, read_polygons, reproject_polygons
 from .device import resolve_device
 from .errors import InputError, OutputError
 from .infer import PRECISIONS, predict_raster
@@ -114,8 +113,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
 def _exclusion(path, crs_wkt, bounds, log):
     """The polygons of the file ``path`` (any CRS) in the raster's CRS ``crs_wkt`` that touch ``bounds``."""
     layer = read_polygons(path, allow_empty=True, log=log)
-    area = shapely.box(*bounds)
-    shapes = [shape for shape in reproject_polygons(layer, crs_wkt) if shape.intersects(area)]
+    shapes = overlapping(reproject_polygons(layer, crs_wkt), bounds)
     unset = "" if layer.crs_wkt else " (it has no CRS: taken to be the raster's)"
     log(f"not segmenting inside the {len(shapes)} polygon(s) of {Path(path).name} over the raster{unset}")
     return shapes
