@@ -262,13 +262,14 @@ def _scan_pixels(src, band_index, bare_index, radiometry):
     height, width = src.height, src.width
     image_valid = np.ones((height, width), dtype=bool)
     bare = np.zeros((height, width), dtype=bool)
+    bands = sorted(set(band_index) | set(bare_index or ()))  # each band read once per strip
     for row in range(0, height, _STRIP_ROWS):
         window = Window(0, row, width, min(_STRIP_ROWS, height - row))
         rows = slice(row, row + window.height)
-        image_valid[rows] = valid_pixels(src, band_index, src.read(band_index, window=window), window)
+        strip = dict(zip(bands, src.read(bands, window=window, out_dtype="float32")))
+        image_valid[rows] = valid_pixels(src, band_index, np.stack([strip[b] for b in band_index]), window)
         if bare_index is not None:
-            red, nir, swir1 = src.read(bare_index, window=window, out_dtype="float32") * radiometry.scale + \
-                radiometry.offset
+            red, nir, swir1 = (strip[b] * radiometry.scale + radiometry.offset for b in bare_index)
             ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
             bare[rows] = (swir1 >= BARE_SWIR1_MIN) & (ndvi <= BARE_NDVI_MAX)
     return image_valid, bare & image_valid
