@@ -70,6 +70,7 @@ class DomainShift:
     mine_brightness: float = 1.0    # scales mine reflectance (fresh vs weathered material)
     terrace_contrast: float = 1.0   # strength of bench terracing in pits
     noise: float = 0.006            # sensor noise, reflectance units
+    spectral_jitter: float = 0.0    # each material's spectrum x U(1-j, 1+j) per band: other spectral libraries
 
     def band_gain(self):
         gain = np.asarray(self.gain, dtype=np.float32)
@@ -276,6 +277,8 @@ def _reflectance(rng, kinds, terrace, shift):
     shape = kinds.shape
     spectra = np.array([SPECTRA[name] for name in CLASSES], dtype=np.float32)
     spectra = spectra * rng.uniform(0.9, 1.1, (len(CLASSES), 1)).astype(np.float32)  # per-scene material variety
+    if shift.spectral_jitter:  # drawn only when set, so that scenes without it stay as they were
+        spectra *= rng.uniform(1 - shift.spectral_jitter, 1 + shift.spectral_jitter, spectra.shape).astype(np.float32)
     mine = np.isin(kinds, [CLASSES.index(c) for c in MINE_CLASSES])
     vegetation = np.isin(kinds, [CLASSES.index("forest"), CLASSES.index("grass")])
     image = spectra[kinds].transpose(2, 0, 1).copy()  # [12, H, W]
