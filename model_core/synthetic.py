@@ -275,10 +275,10 @@ def _convex_hull(points):
 
 def _reflectance(rng, kinds, terrace, shift):
     shape = kinds.shape
-    spectra = np.array([SPECTRA[name] for name in CLASSES], dtype=np.float32)
-    spectra = spectra * rng.uniform(0.9, 1.1, (len(CLASSES), 1)).astype(np.float32)  # per-scene material variety
+    spectra = np.array([SPECTRA[name] for name in CLASSES])
     if shift.spectral_jitter:  # drawn only when set, so that scenes without it stay as they were
-        spectra *= rng.uniform(1 - shift.spectral_jitter, 1 + shift.spectral_jitter, spectra.shape).astype(np.float32)
+        spectra = spectra * rng.uniform(1 - shift.spectral_jitter, 1 + shift.spectral_jitter, spectra.shape)
+    spectra = spectra.astype(np.float32) * rng.uniform(0.9, 1.1, (len(CLASSES), 1)).astype(np.float32)  # variety
     mine = np.isin(kinds, [CLASSES.index(c) for c in MINE_CLASSES])
     vegetation = np.isin(kinds, [CLASSES.index("forest"), CLASSES.index("grass")])
     image = spectra[kinds].transpose(2, 0, 1).copy()  # [12, H, W]
