@@ -4,12 +4,12 @@ student broadened on fine scenes whose materials' spectra vary.
     .venv/bin/python scripts/train_default_model.py [--work DIR] [--quick] [--reuse-teacher | --reuse-student]
 
 Coarse domain: many scenes from several landscapes with inventory-style outlines and a sensor shift (gain,
-haze). Fine domain: fewer scenes with exact footprints. Broad domain: fine labels, the coarse domain's sensor
-range, and each material's spectrum varied per band (``DomainShift.spectral_jitter``), so that the model leans
-less on our generator's exact spectra; the student, as teacher, distils into the broadened model. The bundle's threshold is calibrated on unseen whole
-scenes of both domains through the inference engine (a user's imagery will not look like the training data);
-held-out fine-domain test scenes, with and without the L2A +1000 DN offset, then score the student. The figures
-go to stdout and to the bundle's spec.
+haze). Fine domain: fewer scenes with exact footprints. Broad domain: exact footprints, the coarse domain's sensor
+range, and each material's spectrum varied per band (``DomainShift.spectral_jitter``), so that the model leans less
+on our generator's exact spectra; the student, as the frozen teacher, distils into the broadened model. The bundle's
+threshold is calibrated on unseen whole scenes of the three domains through the inference engine (a user's imagery
+will not look like the training data); held-out fine and broad test scenes, with and without the L2A +1000 DN offset,
+then score it. The figures go to stdout and to the bundle's spec.
 Writes resources/models/minec2f_default.safetensors (+ .log.csv, .curves.png next to the work files).
 """
 
