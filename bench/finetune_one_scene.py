@@ -9,7 +9,7 @@ defaults on scene A's exact polygons, with and without rehearsal (``--rehearsal-
 Eight pairs come from the generator's own sensor (``python -m model_core.synthetic --size 512 --mines 3``), four
 share a strong shift the bundled model never saw (per-band gain 0.75-1.3, haze, winter or dry season, brighter or
 weathered mines), as imagery from another sensor would. Each student is scored at the threshold it chose, the
-bundled model at its own; the columns at 0.85 score every model at the bundled model's threshold. ``--by-class``
+bundled model at its own; the columns "at T" score every model at the bundled model's threshold T. ``--by-class``
 also prints each model's false positives and missed footprint pixels on scene B by the generator's land-cover
 class, beside each class's share of scene A. Runs train in worker processes, one thread each.
 """
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model_core import defaults, paths  # noqa: E402
-from model_core.bundle import load_bundle  # noqa: E402
+from model_core.bundle import load_bundle, read_spec  # noqa: E402
 from model_core.metrics import iou_by_threshold  # noqa: E402
 from model_core.pipeline import segment_scene  # noqa: E402
 from model_core.rasters import decode_probability  # noqa: E402
@@ -84,19 +84,25 @@ def class_counts(scene_a, scene_b):
             for k, kind in enumerate(CLASSES) if (scene_a.kinds == k).any() or (scene_b.kinds == k).any()}
 
 
+def reference_threshold():
+    """The bundled model's threshold, at which every model is also scored."""
+    return read_spec(paths.DEFAULT_MODEL).threshold
+
+
 def iou_on(bundle_path, scene, out):
-    """(IoU of ``bundle_path`` on ``scene`` at its own threshold, IoU at 0.85, its threshold); float32 on every
-    CPU."""
+    """(IoU of ``bundle_path`` on ``scene`` at its own threshold, IoU at :func:`reference_threshold`, its
+    threshold); float32 on every CPU."""
     bundle = load_bundle(bundle_path)
     segment_scene(scene["image"], bundle, out / "prob.tif", out / "mask.tif", out / "footprints.gpkg",
                   device="cpu", overwrite=True, min_area_ha=0.0, precision="float32")
     threshold = bundle.spec.threshold
-    scores = iou_by_threshold(out / "prob.tif", scene["fine_mask"], (threshold, 0.85))
-    return scores[threshold], scores[0.85], threshold
+    reference = reference_threshold()
+    scores = iou_by_threshold(out / "prob.tif", scene["fine_mask"], (threshold, reference))
+    return scores[threshold], scores[reference], threshold
 
 
 def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=False):
-    """(name, {model: (IoU at its threshold, IoU at 0.85, threshold, fine-tuning seconds, errors_by_class or
+    """(name, {model: (IoU at its threshold, IoU at the bundled model's threshold, threshold, fine-tuning seconds, errors_by_class or
     None)}, class_counts or None) for one pair; ``options``: more command-line arguments for the students."""
     os.environ["MINEC2F_THREADS"] = "1"
     scenes = make_pair(name)
@@ -104,9 +110,9 @@ def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=Fal
     folder = work / name
 
     def scores(bundle_path, out, seconds):
-        iou, at_085, threshold = iou_on(bundle_path, scene_b, out)
+        iou, at_reference, threshold = iou_on(bundle_path, scene_b, out)
         errors = errors_by_class(out / "prob.tif", threshold, scenes[1]) if by_class else None
-        return iou, at_085, threshold, seconds, errors
+        return iou, at_reference, threshold, seconds, errors
 
     rows = {"bundled model": scores(paths.DEFAULT_MODEL, folder / "bundled", 0.0)}
     label = "student" if method == "minec2f" else method
@@ -161,10 +167,11 @@ def main():
           f"{'' if args.gain_jitter is None else f', gain jitter {args.gain_jitter}'}; "
           f"{(time.perf_counter() - started) / 60:.1f} min, {args.workers} pairs at once")
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
+    reference = reference_threshold()
     for name, rows in results.items():
-        print(f"{name:20}" + "".join(f"{f'{iou:.3f} (t {t:.2f}) / {at_085:.3f} at 0.85':>40}"
-                                     for iou, at_085, t, *_ in rows.values()))
-    for label, column in (("mean", 0), ("mean at 0.85", 1)):
+        print(f"{name:20}" + "".join(f"{f'{iou:.3f} (t {t:.2f}) / {at_reference:.3f} at {reference:g}':>40}"
+                                     for iou, at_reference, t, *_ in rows.values()))
+    for label, column in (("mean", 0), (f"mean at {reference:g}", 1)):
         print(f"{label:20}" + "".join(f"{np.mean([rows[m][column] for rows in results.values()]):40.3f}"
                                       for m in models))
     for model in models[1:]:
