@@ -102,8 +102,9 @@ def iou_on(bundle_path, scene, out):
 
 
 def run_pair(name, work, epochs, rehearsals, seed, method, options, by_class=False):
-    """(name, {model: (IoU at its threshold, IoU at the bundled model's threshold, threshold, fine-tuning seconds, errors_by_class or
-    None)}, class_counts or None) for one pair; ``options``: more command-line arguments for the students."""
+    """(name, {model: (IoU at its threshold, IoU at the bundled model's threshold, threshold, fine-tuning seconds,
+    errors_by_class or None)}, class_counts or None) for one pair; ``options``: more command-line arguments for the
+    students."""
     os.environ["MINEC2F_THREADS"] = "1"
     scenes = make_pair(name)
     scene_a, scene_b = write_pair(name, work, scenes)
