@@ -168,7 +168,7 @@ def main():
           f"{'' if args.gain_jitter is None else f', gain jitter {args.gain_jitter}'}; "
           f"{(time.perf_counter() - started) / 60:.1f} min, {args.workers} pairs at once")
     print(f"{'pair':20}" + "".join(f"{model:>40}" for model in models))
-    reference = reference_threshold()
+    reference = next(iter(results.values()))["bundled model"][2]  # the threshold iou_on scored every model at
     for name, rows in results.items():
         print(f"{name:20}" + "".join(f"{f'{iou:.3f} (t {t:.2f}) / {at_reference:.3f} at {reference:g}':>40}"
                                      for iou, at_reference, t, *_ in rows.values()))

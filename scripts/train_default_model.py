@@ -92,9 +92,8 @@ def main():
     coarse_images, coarse_gpkg, _ = write_scene_set(work / "coarse", n_coarse, 1, size, coarse_shift, "coarse")
     fine_images, fine_gpkg, _ = write_scene_set(work / "fine", n_fine, 2, size, fine_shift, "fine")
     broad_images, broad_gpkg, _ = write_scene_set(work / "broad", n_broad, 50, size, broad_shift, "fine")
-    tests = {name: write_scene_set(work / folder, n_test, seed, size, shift, "fine", offset_every=2)
-             for name, folder, seed, shift in (("test", "test", 3, fine_shift),
-                                               ("broad_test", "broad_test", 60, broad_shift))}
+    tests = {name: write_scene_set(work / name, n_test, seed, size, shift, "fine", offset_every=2)
+             for name, seed, shift in (("test", 3, fine_shift), ("broad_test", 60, broad_shift))}
     calibration = [write_scene_set(work / folder, n_test // 2 + 1, seed, size, shift, "fine", offset_every=2)
                    for folder, seed, shift in (("calibration_fine", 4, fine_shift),
                                                ("calibration_shifted", 5, coarse_shift),

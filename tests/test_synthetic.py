@@ -63,7 +63,6 @@ def test_offset_and_domain_shift():
     assert np.array_equal(hazy.fine, plain.fine)
 
 
-
 def test_spectral_jitter_varies_each_material_per_band():
     plain = make_scene(128, seed=3, mines=1)
     jittered = make_scene(128, seed=3, mines=1, shift=DomainShift(spectral_jitter=0.15))
@@ -71,6 +70,7 @@ def test_spectral_jitter_varies_each_material_per_band():
     forest = plain.kinds == CLASSES.index("forest")
     ratio = np.median(reflectance(jittered)[:, forest], axis=1) / np.median(reflectance(plain)[:, forest], axis=1)
     assert ratio.std() > 0.03 and np.all(np.abs(ratio - 1) < 0.25)  # a gain would move every band alike
+
 
 def test_no_mines_means_empty_labels():
     scene = make_scene(128, seed=5, mines=0)
