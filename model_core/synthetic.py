@@ -26,11 +26,14 @@ BAND_NAMES = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B0
 WAVELENGTHS_NM = (443, 490, 560, 665, 705, 740, 783, 842, 865, 945, 1610, 2190)
 L2A_OFFSET_DN = 1000
 
-# class id -> name; the mine classes are labelled 1 in ``fine``
+# class id -> name; the mine classes are labelled 1 in ``fine``. The dark classes, last, occur only in scenes
+# with ``DomainShift.dark_mines`` set.
+DARK_CLASSES = ("burn_scar", "coal_pit", "coal_dump")
 CLASSES = ("forest", "grass", "bare_field", "water", "urban", "natural_bare", "rock_outcrop",
-           "pit", "pit_lake", "tailings", "tailings_water", "dam", "waste_dump", "haul_road")
-MINE_CLASSES = ("pit", "pit_lake", "tailings", "tailings_water", "dam", "waste_dump", "haul_road")
-HARD_NEGATIVE_CLASSES = ("natural_bare", "rock_outcrop", "bare_field")
+           "pit", "pit_lake", "tailings", "tailings_water", "dam", "waste_dump", "haul_road") + DARK_CLASSES
+MINE_CLASSES = ("pit", "pit_lake", "tailings", "tailings_water", "dam", "waste_dump", "haul_road",
+                "coal_pit", "coal_dump")
+HARD_NEGATIVE_CLASSES = ("natural_bare", "rock_outcrop", "bare_field", "burn_scar")
 
 # typical surface reflectance per class over BAND_NAMES
 SPECTRA = {
@@ -48,6 +51,10 @@ SPECTRA = {
     "dam":            (0.140, 0.160, 0.200, 0.240, 0.260, 0.270, 0.280, 0.290, 0.300, 0.300, 0.370, 0.330),
     "waste_dump":     (0.140, 0.160, 0.200, 0.240, 0.260, 0.270, 0.280, 0.290, 0.300, 0.300, 0.380, 0.340),
     "haul_road":      (0.150, 0.170, 0.210, 0.250, 0.270, 0.280, 0.290, 0.300, 0.310, 0.310, 0.370, 0.330),
+    # dark ground: burnt land (low NIR, higher SWIR), and coal or black shale, flat and dark in every band
+    "burn_scar":      (0.030, 0.035, 0.050, 0.060, 0.075, 0.090, 0.100, 0.110, 0.115, 0.115, 0.180, 0.150),
+    "coal_pit":       (0.040, 0.045, 0.050, 0.055, 0.060, 0.065, 0.068, 0.070, 0.072, 0.072, 0.080, 0.070),
+    "coal_dump":      (0.070, 0.080, 0.095, 0.110, 0.120, 0.130, 0.135, 0.140, 0.145, 0.145, 0.170, 0.150),
 }
 HAZE_SHAPE = np.array((1.0, 0.9, 0.7, 0.5, 0.4, 0.32, 0.27, 0.22, 0.2, 0.18, 0.05, 0.02), dtype=np.float32)
 
@@ -71,6 +78,7 @@ class DomainShift:
     terrace_contrast: float = 1.0   # strength of bench terracing in pits
     noise: float = 0.006            # sensor noise, reflectance units
     spectral_jitter: float = 0.0    # each material's spectrum x U(1-j, 1+j) per band: other spectral libraries
+    dark_mines: float = 0.0         # share of mines dug in dark ground (coal, shale); adds burn scars as negatives
 
     def band_gain(self):
         gain = np.asarray(self.gain, dtype=np.float32)
@@ -175,16 +183,20 @@ def _background(rng, shape, shift):
         start = (rng.uniform(0, shape[0]), 0.0)
         end = (rng.uniform(0, shape[0]), float(shape[1]))
         kinds[_line_mask(shape, start, end, rng.uniform(2, 6))] = CLASSES.index("water")
-    # rock outcrops: small bright knobs, the hardest negatives
-    for _ in range(rng.integers(0, 6)):
-        centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-        kinds[_polygon_mask(shape, _random_polygon(rng, centre, rng.uniform(4, 25), 9, 0.5))] = \
-            CLASSES.index("rock_outcrop")
+    # rock outcrops: small bright knobs, the hardest negatives; burn scars, dark ones, where mines can be dark
+    for name, count, radius in (("rock_outcrop", rng.integers(0, 6), (4, 25)),
+                                ("burn_scar", rng.integers(0, 3) if shift.dark_mines else 0, (10, 45))):
+        for _ in range(count):
+            centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+            kinds[_polygon_mask(shape, _random_polygon(rng, centre, rng.uniform(*radius), 9, 0.5))] = \
+                CLASSES.index(name)
     return kinds
 
 
-def _paint_mine(rng, kinds, terrace, shape):
-    """Paint one mine's parts on ``kinds`` (and bench phase on ``terrace``); returns its fine footprint."""
+def _paint_mine(rng, kinds, terrace, shape, dark=False):
+    """Paint one mine's parts on ``kinds`` (and bench phase on ``terrace``), its pit and dumps in coal if ``dark``;
+    returns its fine footprint."""
+    pit_class, dump_class = ("coal_pit", "coal_dump") if dark else ("pit", "waste_dump")
     size = min(shape)
     radius = rng.uniform(0.05, 0.16) * size
     centre = np.array([rng.uniform(radius, shape[0] - radius), rng.uniform(radius, shape[1] - radius)])
@@ -199,7 +211,7 @@ def _paint_mine(rng, kinds, terrace, shape):
     v = (-dr * np.sin(angle) + dc * np.cos(angle)) / b
     distance = np.sqrt(u * u + v * v)
     pit = distance <= 1.0
-    kinds[pit] = CLASSES.index("pit")
+    kinds[pit] = CLASSES.index(pit_class)
     benches = rng.integers(3, 8)
     terrace[pit] = np.cos(2 * np.pi * distance[pit] * benches)
     if rng.random() < 0.4:
@@ -220,7 +232,7 @@ def _paint_mine(rng, kinds, terrace, shape):
             kinds[polygon] = CLASSES.index("tailings_water" if rng.random() < 0.5 else "tailings")
             footprint |= polygon | rim
         else:
-            kinds[polygon] = CLASSES.index("waste_dump")
+            kinds[polygon] = CLASSES.index(dump_class)
             terrace[polygon] = smooth_field(rng, shape, 3.0)[polygon] * 0.5
             footprint |= polygon
         parts.append(where)
@@ -275,10 +287,11 @@ def _convex_hull(points):
 
 def _reflectance(rng, kinds, terrace, shift):
     shape = kinds.shape
-    spectra = np.array([SPECTRA[name] for name in CLASSES])
+    # the dark classes' spectra are drawn only for scenes that can have them, so that other scenes stay as they were
+    spectra = np.array([SPECTRA[name] for name in CLASSES[:None if shift.dark_mines else -len(DARK_CLASSES)]])
     if shift.spectral_jitter:  # drawn only when set, so that scenes without it stay as they were
         spectra = spectra * rng.uniform(1 - shift.spectral_jitter, 1 + shift.spectral_jitter, spectra.shape)
-    spectra = spectra.astype(np.float32) * rng.uniform(0.9, 1.1, (len(CLASSES), 1)).astype(np.float32)  # variety
+    spectra = spectra.astype(np.float32) * rng.uniform(0.9, 1.1, (len(spectra), 1)).astype(np.float32)  # variety
     mine = np.isin(kinds, [CLASSES.index(c) for c in MINE_CLASSES])
     vegetation = np.isin(kinds, [CLASSES.index("forest"), CLASSES.index("grass")])
     image = spectra[kinds].transpose(2, 0, 1).copy()  # [12, H, W]
@@ -311,7 +324,8 @@ def make_scene(size=512, seed=0, pixel_size=10.0, crs="EPSG:32633", shift=Domain
     coarse = np.zeros(shape, dtype=bool)
     count = int(rng.choice([0, 1, 1, 2, 2, 3])) if mines is None else int(mines)
     for _ in range(count):
-        mine = _paint_mine(rng, kinds, terrace, shape)
+        dark = bool(shift.dark_mines) and rng.random() < shift.dark_mines
+        mine = _paint_mine(rng, kinds, terrace, shape, dark)
         fine |= mine
         coarse |= _coarse_outline(rng, mine, shape, pixel_size)
     reflectance = _reflectance(rng, kinds, terrace, shift)

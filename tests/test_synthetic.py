@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from model_core.synthetic import BAND_NAMES, CLASSES, DomainShift, make_scene, write_scene
+from model_core.synthetic import BAND_NAMES, CLASSES, DARK_CLASSES, DomainShift, make_scene, write_scene
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,19 @@ def test_spectral_jitter_varies_each_material_per_band():
     forest = plain.kinds == CLASSES.index("forest")
     ratio = np.median(reflectance(jittered)[:, forest], axis=1) / np.median(reflectance(plain)[:, forest], axis=1)
     assert ratio.std() > 0.03 and np.all(np.abs(ratio - 1) < 0.25)  # a gain would move every band alike
+
+
+def test_dark_mines_are_coal_inside_the_footprint_with_burn_scars_outside():
+    dark = make_scene(256, seed=7, mines=2, shift=DomainShift(dark_mines=1.0))
+    coal = np.isin(dark.kinds, [CLASSES.index("coal_pit"), CLASSES.index("coal_dump")])
+    assert coal.sum() > 500 and dark.fine[coal].all()
+    assert not (dark.kinds == CLASSES.index("pit")).any()
+    pit_reflectance = reflectance(dark)[:, dark.kinds == CLASSES.index("coal_pit")].mean(axis=1)
+    assert pit_reflectance.max() < 0.1  # dark in every band
+    scars = [make_scene(256, seed=s, mines=0, shift=DomainShift(dark_mines=0.5)).kinds for s in range(4)]
+    assert any((kinds == CLASSES.index("burn_scar")).any() for kinds in scars)
+    plain = make_scene(256, seed=7, mines=2)
+    assert not np.isin(plain.kinds, [CLASSES.index(name) for name in DARK_CLASSES]).any()
 
 
 def test_no_mines_means_empty_labels():
