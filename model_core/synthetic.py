@@ -10,8 +10,8 @@ by a slight blur and sensor noise is added. Two labels come with it:
 - ``coarse``: a generalised outline as in global inventories: a buffered hull of each mine, shifted by tens of
   metres, that swallows surroundings and sometimes misses a small outlying part.
 
-:class:`DomainShift` changes sensor gain, haze, season, landscape and the look of mines, so a "coarse" and a
-"fine" domain can differ as real archives do. Everything is drawn from one seeded ``numpy`` generator.
+:class:`DomainShift` changes sensor gain, haze, season, landscape and the look of mines (some dug in coal, with
+dark ground that is not a mine beside them), so a "coarse" and a "fine" domain can differ as real archives do. Everything is drawn from one seeded ``numpy`` generator.
 """
 
 import argparse
@@ -28,12 +28,12 @@ L2A_OFFSET_DN = 1000
 
 # class id -> name; the mine classes are labelled 1 in ``fine``. The dark classes, last, occur only in scenes
 # with ``DomainShift.dark_mines`` set.
-DARK_CLASSES = ("burn_scar", "coal_pit", "coal_dump")
+DARK_CLASSES = ("burn_scar", "turbid_water", "coal_pit", "coal_dump")
 CLASSES = ("forest", "grass", "bare_field", "water", "urban", "natural_bare", "rock_outcrop",
            "pit", "pit_lake", "tailings", "tailings_water", "dam", "waste_dump", "haul_road") + DARK_CLASSES
 MINE_CLASSES = ("pit", "pit_lake", "tailings", "tailings_water", "dam", "waste_dump", "haul_road",
                 "coal_pit", "coal_dump")
-HARD_NEGATIVE_CLASSES = ("natural_bare", "rock_outcrop", "bare_field", "burn_scar")
+HARD_NEGATIVE_CLASSES = ("natural_bare", "rock_outcrop", "bare_field", "burn_scar", "turbid_water")
 
 # typical surface reflectance per class over BAND_NAMES
 SPECTRA = {
@@ -51,8 +51,9 @@ SPECTRA = {
     "dam":            (0.140, 0.160, 0.200, 0.240, 0.260, 0.270, 0.280, 0.290, 0.300, 0.300, 0.370, 0.330),
     "waste_dump":     (0.140, 0.160, 0.200, 0.240, 0.260, 0.270, 0.280, 0.290, 0.300, 0.300, 0.380, 0.340),
     "haul_road":      (0.150, 0.170, 0.210, 0.250, 0.270, 0.280, 0.290, 0.300, 0.310, 0.310, 0.370, 0.330),
-    # dark ground: burnt land (low NIR, higher SWIR), and coal or black shale, flat and dark in every band
+    # dark ground: burnt land (low NIR, higher SWIR), silty water, and coal or black shale, dark in every band
     "burn_scar":      (0.030, 0.035, 0.050, 0.060, 0.075, 0.090, 0.100, 0.110, 0.115, 0.115, 0.180, 0.150),
+    "turbid_water":   (0.070, 0.080, 0.100, 0.085, 0.060, 0.040, 0.032, 0.025, 0.022, 0.018, 0.010, 0.006),
     "coal_pit":       (0.040, 0.045, 0.050, 0.055, 0.060, 0.065, 0.068, 0.070, 0.072, 0.072, 0.080, 0.070),
     "coal_dump":      (0.070, 0.080, 0.095, 0.110, 0.120, 0.130, 0.135, 0.140, 0.145, 0.145, 0.170, 0.150),
 }
@@ -78,7 +79,7 @@ class DomainShift:
     terrace_contrast: float = 1.0   # strength of bench terracing in pits
     noise: float = 0.006            # sensor noise, reflectance units
     spectral_jitter: float = 0.0    # each material's spectrum x U(1-j, 1+j) per band: other spectral libraries
-    dark_mines: float = 0.0         # share of mines dug in dark ground (coal, shale); adds burn scars as negatives
+    dark_mines: float = 0.0         # share of mines dug in dark ground (coal, shale); adds dark negatives
 
     def band_gain(self):
         gain = np.asarray(self.gain, dtype=np.float32)
@@ -183,14 +184,33 @@ def _background(rng, shape, shift):
         start = (rng.uniform(0, shape[0]), 0.0)
         end = (rng.uniform(0, shape[0]), float(shape[1]))
         kinds[_line_mask(shape, start, end, rng.uniform(2, 6))] = CLASSES.index("water")
-    # rock outcrops: small bright knobs, the hardest negatives; burn scars, dark ones, where mines can be dark
-    for name, count, radius in (("rock_outcrop", rng.integers(0, 6), (4, 25)),
-                                ("burn_scar", rng.integers(0, 3) if shift.dark_mines else 0, (10, 45))):
-        for _ in range(count):
-            centre = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
-            kinds[_polygon_mask(shape, _random_polygon(rng, centre, rng.uniform(*radius), 9, 0.5))] = \
-                CLASSES.index(name)
+    # rock outcrops: small bright knobs, the hardest negatives; where mines can be dark, dark ones too
+    for _ in range(rng.integers(0, 6)):
+        _paint_blob(rng, kinds, "rock_outcrop", (4, 25))
+    if shift.dark_mines:
+        _paint_dark_negatives(rng, kinds)
     return kinds
+
+
+def _paint_blob(rng, kinds, name, radius):
+    """Paint an irregular blob of class ``name``, ``radius`` (min, max) px, somewhere on ``kinds``."""
+    centre = rng.uniform(0, kinds.shape[0]), rng.uniform(0, kinds.shape[1])
+    kinds[_polygon_mask(kinds.shape, _random_polygon(rng, centre, rng.uniform(*radius), 9, 0.5))] = \
+        CLASSES.index(name)
+
+
+def _paint_dark_negatives(rng, kinds):
+    """Burn scars, silty lakes and, on some scenes, a coast: what a model that knows dark mines must not call one."""
+    for _ in range(rng.integers(0, 3)):
+        _paint_blob(rng, kinds, "burn_scar", (10, 45))
+    for _ in range(rng.integers(0, 2)):
+        _paint_blob(rng, kinds, "turbid_water", (10, 40))
+    if rng.random() < 0.3:  # the sea beyond a straight coast, over 10-35 % of the scene
+        angle = rng.uniform(0, 2 * np.pi)
+        rows, cols = np.mgrid[0:kinds.shape[0], 0:kinds.shape[1]]
+        across = rows * np.sin(angle) + cols * np.cos(angle)
+        sea = across > np.quantile(across, 1 - rng.uniform(0.1, 0.35))
+        kinds[sea] = CLASSES.index("turbid_water" if rng.random() < 0.5 else "water")
 
 
 def _paint_mine(rng, kinds, terrace, shape, dark=False):

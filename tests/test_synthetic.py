@@ -72,15 +72,16 @@ def test_spectral_jitter_varies_each_material_per_band():
     assert ratio.std() > 0.03 and np.all(np.abs(ratio - 1) < 0.25)  # a gain would move every band alike
 
 
-def test_dark_mines_are_coal_inside_the_footprint_with_burn_scars_outside():
+def test_dark_mines_are_coal_inside_the_footprint_with_dark_negatives_outside():
     dark = make_scene(256, seed=7, mines=2, shift=DomainShift(dark_mines=1.0))
     coal = np.isin(dark.kinds, [CLASSES.index("coal_pit"), CLASSES.index("coal_dump")])
     assert coal.sum() > 500 and dark.fine[coal].all()
     assert not (dark.kinds == CLASSES.index("pit")).any()
     pit_reflectance = reflectance(dark)[:, dark.kinds == CLASSES.index("coal_pit")].mean(axis=1)
     assert pit_reflectance.max() < 0.1  # dark in every band
-    scars = [make_scene(256, seed=s, mines=0, shift=DomainShift(dark_mines=0.5)).kinds for s in range(4)]
-    assert any((kinds == CLASSES.index("burn_scar")).any() for kinds in scars)
+    negatives = [make_scene(256, seed=s, mines=0, shift=DomainShift(dark_mines=0.5)).kinds for s in range(6)]
+    for name in ("burn_scar", "turbid_water"):
+        assert any((kinds == CLASSES.index(name)).any() for kinds in negatives)
     plain = make_scene(256, seed=7, mines=2)
     assert not np.isin(plain.kinds, [CLASSES.index(name) for name in DARK_CLASSES]).any()
 
