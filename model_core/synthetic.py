@@ -11,7 +11,8 @@ by a slight blur and sensor noise is added. Two labels come with it:
   metres, that swallows surroundings and sometimes misses a small outlying part.
 
 :class:`DomainShift` changes sensor gain, haze, season, landscape and the look of mines (some dug in coal, with
-dark ground that is not a mine beside them), so a "coarse" and a "fine" domain can differ as real archives do. Everything is drawn from one seeded ``numpy`` generator.
+dark ground that is not a mine beside them), so a "coarse" and a "fine" domain can differ as real archives do.
+Everything is drawn from one seeded ``numpy`` generator.
 """
 
 import argparse

@@ -7,10 +7,10 @@ Coarse domain: many scenes from several landscapes with inventory-style outlines
 haze). Fine domain: fewer scenes with exact footprints. Broad domain: exact footprints, the coarse domain's sensor
 range with twice its haze, each material's spectrum varied per band (``DomainShift.spectral_jitter``), so that the
 model leans less on our generator's exact spectra, and a third of the mines dug in coal, with dark ground that is not
-a mine beside them (``DomainShift.dark_mines``); the student, as the frozen teacher, distils into the broadened model. The bundle's
-threshold is calibrated on unseen whole scenes of the three domains through the inference engine (a user's imagery
-will not look like the training data); held-out fine and broad test scenes, with and without the L2A +1000 DN offset,
-then score it. The figures go to stdout and to the bundle's spec.
+a mine beside them (``DomainShift.dark_mines``); the student, as the frozen teacher, distils into the broadened
+model. The bundle's threshold is calibrated on unseen whole scenes of the three domains through the inference
+engine (a user's imagery will not look like the training data); held-out fine and broad test scenes, with and
+without the L2A +1000 DN offset, then score it. The figures go to stdout and to the bundle's spec.
 Writes resources/models/minec2f_default.safetensors (+ .log.csv, .curves.png next to the work files).
 """
 

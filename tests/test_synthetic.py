@@ -72,7 +72,7 @@ def test_spectral_jitter_varies_each_material_per_band():
     assert ratio.std() > 0.03 and np.all(np.abs(ratio - 1) < 0.25)  # a gain would move every band alike
 
 
-def test_dark_mines_are_coal_inside_the_footprint_with_dark_negatives_outside():
+def test_dark_mines_are_coal_inside_the_footprint_and_bring_dark_negatives():
     dark = make_scene(256, seed=7, mines=2, shift=DomainShift(dark_mines=1.0))
     coal = np.isin(dark.kinds, [CLASSES.index("coal_pit"), CLASSES.index("coal_dump")])
     assert coal.sum() > 500 and dark.fine[coal].all()
