@@ -189,7 +189,7 @@ def _background(rng, shape, shift):
     for _ in range(rng.integers(0, 6)):
         _paint_blob(rng, kinds, "rock_outcrop", (4, 25))
     if shift.dark_mines:
-        _paint_dark_negatives(rng, kinds)
+        _paint_dark_negatives(rng, kinds, rows, cols)
     return kinds
 
 
@@ -200,7 +200,7 @@ def _paint_blob(rng, kinds, name, radius):
         CLASSES.index(name)
 
 
-def _paint_dark_negatives(rng, kinds):
+def _paint_dark_negatives(rng, kinds, rows, cols):
     """Burn scars, silty lakes and, on some scenes, a coast: what a model that knows dark mines must not call one."""
     for _ in range(rng.integers(0, 3)):
         _paint_blob(rng, kinds, "burn_scar", (10, 45))
@@ -208,7 +208,6 @@ def _paint_dark_negatives(rng, kinds):
         _paint_blob(rng, kinds, "turbid_water", (10, 40))
     if rng.random() < 0.3:  # the sea beyond a straight coast, over 10-35 % of the scene
         angle = rng.uniform(0, 2 * np.pi)
-        rows, cols = np.mgrid[0:kinds.shape[0], 0:kinds.shape[1]]
         across = rows * np.sin(angle) + cols * np.cos(angle)
         sea = across > np.quantile(across, 1 - rng.uniform(0.1, 0.35))
         kinds[sea] = CLASSES.index("turbid_water" if rng.random() < 0.5 else "water")
