@@ -24,6 +24,10 @@ LAMBDA_PRED = 1.0
 TEMPERATURE = 2.0
 REHEARSAL_SCENES = 4  # generated scenes minec2f/kd students also distil on (0: none); one per landscape (16
 # measured level on the one-scene bench over 3 seeds and lower in the accuracy table: finetune_one_scene_rehearsal.md)
+# share of the rehearsal scenes' mines dug in coal, beside dark ground that is not a mine: the bundled model
+# learnt both in its broadening stage (scripts/train_default_model.py, the same share), and a student shown no coal
+# forgot it (foreign_scenes.md)
+DARK_MINES = 0.3
 # below this IoU on the fine validation chips a teacher is weak: distilling held students back from the accuracy
 # table's coarse teachers, which start at 0.25-0.39 there, and plain fine-tuning led
 # (coarse_to_fine_b8_6seeds_cli_students.md, coarse_to_fine_b8_3seeds_cli_teachers.md); from the bundled model,

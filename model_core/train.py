@@ -616,9 +616,10 @@ def _auto_method(teacher_iou, teacher_spec, log):
 
 def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):
     """Chips of ``config.rehearsal_scenes`` generated scenes (neutral sensor, each landscape in turn, twice the
-    chip size across) in ``folder``, normalised like the teacher's inputs; their labels are not used. None when
-    there are none to make or the generator's Sentinel-2 bands cannot feed the teacher. Raises Cancelled (before
-    training, nothing written) when ``is_canceled()`` turns True between scenes."""
+    chip size across, some mines in coal beside dark ground that is not a mine) in ``folder``, normalised like the
+    teacher's inputs; their labels are not used. None when there are none to make or the generator's Sentinel-2
+    bands cannot feed the teacher. Raises Cancelled (before training, nothing written) when ``is_canceled()`` turns
+    True between scenes."""
     if config.rehearsal_scenes < 1:
         return None
     landscapes = itertools.cycle(synthetic.LANDSCAPES)
@@ -626,8 +627,8 @@ def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):
     try:
         images, polygons, _ = synthetic.write_scene_set(
             folder, config.rehearsal_scenes, seed=REHEARSAL_SEED + config.seed, size=2 * config.chip_size,
-            shift_for=lambda rng: synthetic.DomainShift(landscape=next(landscapes)), label="fine",
-            is_canceled=is_canceled)
+            shift_for=lambda rng: synthetic.DomainShift(landscape=next(landscapes), dark_mines=defaults.DARK_MINES),
+            label="fine", is_canceled=is_canceled)
     except Cancelled as error:
         raise Cancelled(f"fine-tuning cancelled before its first epoch ({error}); no model or checkpoint was "
                         "written or changed") from error

@@ -53,7 +53,7 @@ def broad_shift(rng):
     return DomainShift(gain=tuple(rng.uniform(0.85, 1.15, 12)), haze=float(rng.uniform(0, 0.08)),
                        season=str(rng.choice(["summer", "winter", "dry"])), landscape=str(rng.choice(LANDSCAPES)),
                        mine_brightness=float(rng.uniform(0.7, 1.3)), terrace_contrast=float(rng.uniform(0.3, 1.5)),
-                       spectral_jitter=0.15, dark_mines=0.3)
+                       spectral_jitter=0.15, dark_mines=defaults.DARK_MINES)
 
 
 def calibrate_threshold(bundle, images, scenes, work):

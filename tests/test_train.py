@@ -362,12 +362,24 @@ def test_validation_offers_thresholds_beyond_0_7(tmp_path):
     assert max(scores[t]["iou"] for t in training.THRESHOLDS if t <= 0.8) < 0.7 and scores[0.95]["iou"] == 0.0
 
 
-def test_rehearsal_imagery_is_chips_of_generated_scenes_in_the_teachers_normalisation(tmp_path):
-    messages = []
+def test_rehearsal_imagery_is_chips_of_generated_scenes_in_the_teachers_normalisation(tmp_path, monkeypatch):
+    messages, shifts = [], []
+    write = training.synthetic.write_scene_set
+
+    def recording_shifts(*args, shift_for, **kwargs):
+        def recorded(rng):
+            shifts.append(shift_for(rng))
+            return shifts[-1]
+        return write(*args, shift_for=recorded, **kwargs)
+
+    monkeypatch.setattr(training.synthetic, "write_scene_set", recording_shifts)
     bands = DEFAULT_MODEL_BANDS
     norm = ([0.0] * len(bands), [1.0] * len(bands))  # normalised = reflectance
     config = TrainConfig(rehearsal_scenes=2, chip_size=64, batch=32)  # fewer chips than a batch: fine here
     chips = training._rehearsal_imagery(config, bands, norm, tmp_path, messages.append)
+    # neutral sensor, one landscape after another, coal mines and dark ground as the bundled model learnt them
+    assert [(s.landscape, s.gain, s.haze, s.dark_mines) for s in shifts] == [
+        ("temperate", (1.0,) * 12, 0.0, defaults.DARK_MINES), ("arid", (1.0,) * 12, 0.0, defaults.DARK_MINES)]
     assert len(list(tmp_path.glob("*.tif"))) == 2 * 3  # image, fine and coarse mask of each scene
     assert len(chips) == 2 * 9  # scenes twice the chip size across, chips every half chip
     image = chips[0]["image"].numpy()
