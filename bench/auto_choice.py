@@ -40,11 +40,11 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         for name in args.pairs:
             scene_a, _ = write_pair(name, Path(work))
-            data = training._datasets(config, [scene_a["image"]], scene_a["fine_polygons"], teacher.spec.band_list(),
-                                      val_fraction=config.val_fraction,
-                                      norm=(teacher.spec.norm_mean, teacher.spec.norm_std))
-            iou = training._validate(teacher.net, data, config, info)[0]["val_iou_best_threshold"]
-            method = training._auto_method(iou, teacher.spec, log=lambda message: None)
+            data = training.chip_datasets(config, [scene_a["image"]], scene_a["fine_polygons"],
+                                          teacher.spec.band_list(), val_fraction=config.val_fraction,
+                                          norm=(teacher.spec.norm_mean, teacher.spec.norm_std))
+            start, method = training.choose_method(teacher, data, config, info, log=lambda message: None)
+            iou = start[0]["val_iou_best_threshold"]
             print(f"{name:20}{len(data.val):10d}{iou:12.3f}{method:>12}", flush=True)
 
 

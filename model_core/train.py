@@ -512,7 +512,7 @@ def _training_device(config, log, doing):
     return info
 
 
-def _datasets(config, rasters, polygons, bands, **options):
+def chip_datasets(config, rasters, polygons, bands, **options):
     """``build_datasets`` with the run's chip size, stride, seed, batch and augmentation."""
     augment = Augment(gain_jitter=config.gain_jitter, reflectance_offset_jitter=config.offset_jitter)
     return build_datasets(rasters, polygons, model_bands=bands, chip_size=config.chip_size, stride=config.chip_stride,
@@ -529,7 +529,7 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     out = _check_output(out, overwrite, resume)
     log = log or (lambda message: None)
     info = _training_device(config, log, "training")
-    data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
+    data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
                      max_chips=config.max_chips, band_mapping=band_mapping, scale=scale, offset=offset, log=log)
     torch.manual_seed(config.seed)
     net = build_net(config.architecture, config.encoder, len(bands), config.encoder_depth, config.decoder_channels)
@@ -560,7 +560,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     bands = teacher.spec.band_list()
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
-        data = _datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
+        data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
                          max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale, offset=offset,
                          log=log)
     except BandMismatchError as error:
@@ -568,12 +568,12 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
             from error
     start = None
     if config.method == AUTO_METHOD:  # the teacher's scores are the student's starting scores, which fit reuses
-        start = _validate(teacher.net.to(info.device), data, config, info)
-        config = replace(config, method=_auto_method(start[0]["val_iou_best_threshold"], t, log))
+        start, method = choose_method(teacher, data, config, info, log)
+        config = replace(config, method=method)
     if config.method == "joint":
         if coarse is None:
             raise InputError("method joint needs the coarse rasters and polygons too")
-        coarse_data = _datasets(config, coarse[0], coarse[1], bands, norm=norm)
+        coarse_data = chip_datasets(config, coarse[0], coarse[1], bands, norm=norm)
         data = _mix(data, coarse_data)
     torch.manual_seed(config.seed)
     net = build_net(t.architecture, t.encoder, t.in_channels, t.encoder_depth, t.decoder_channels)
@@ -596,8 +596,15 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                    start=start)
 
 
+def choose_method(teacher, data, config, info, log):
+    """Method ``auto``'s choice for the ``teacher`` bundle on ``data``'s validation chips -> (the teacher's scores
+    there, which are the student's starting scores, as ``fit`` takes them; "finetune" or "minec2f")."""
+    start = _validate(teacher.net.to(info.device), data, config, info)
+    return start, _auto_method(start[0]["val_iou_best_threshold"], teacher.spec, log)
+
+
 def _auto_method(teacher_iou, teacher_spec, log):
-    """Method ``auto``: plain fine-tuning from a teacher trained on coarse outlines alone (method coarse_only)
+    """Plain fine-tuning from a teacher trained on coarse outlines alone (method coarse_only)
     that scores below ``defaults.WEAK_TEACHER_IOU`` on the validation chips, where distilling held students back;
     minec2f from every other teacher, also from a student (such as the bundled model) that scores low on new
     imagery, where distilling kept students from collapsing (bench/results/foreign_scenes.md)."""
@@ -633,7 +640,7 @@ def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):
         raise Cancelled(f"fine-tuning cancelled before its first epoch ({error}); no model or checkpoint was "
                         "written or changed") from error
     try:
-        chips = _datasets(replace(config, max_chips=None, batch=1), images, polygons, bands, val_fraction=0.0,
+        chips = chip_datasets(replace(config, max_chips=None, batch=1), images, polygons, bands, val_fraction=0.0,
                           norm=norm)
     except BandMismatchError as error:
         log(f"no rehearsal: the generated Sentinel-2 scenes cannot feed the teacher ({error})")

@@ -453,8 +453,8 @@ def test_the_bundles_threshold_is_the_best_on_all_labelled_chips(domains, teache
     result = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "s.safetensors", config=config,
                               log=lines.append)
     bundle = load_bundle(result.bundle_path)
-    data = training._datasets(config, images, polygons, bundle.spec.band_list(), val_fraction=config.val_fraction,
-                              norm=(bundle.spec.norm_mean, bundle.spec.norm_std))
+    data = training.chip_datasets(config, images, polygons, bundle.spec.band_list(),
+                                  val_fraction=config.val_fraction, norm=(bundle.spec.norm_mean, bundle.spec.norm_std))
     assert len(data.labelled) == len(data.train) + len(data.val) and len(data.val) > 0
     assert data.labelled._open is data.train._open is data.val._open  # one in-memory copy of each raster
     first = data.labelled[0]["image"]
