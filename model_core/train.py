@@ -530,7 +530,7 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     log = log or (lambda message: None)
     info = _training_device(config, log, "training")
     data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
-                     max_chips=config.max_chips, band_mapping=band_mapping, scale=scale, offset=offset, log=log)
+                         max_chips=config.max_chips, band_mapping=band_mapping, scale=scale, offset=offset, log=log)
     torch.manual_seed(config.seed)
     net = build_net(config.architecture, config.encoder, len(bands), config.encoder_depth, config.decoder_channels)
     spec = _spec(config, Path(out).stem, "teacher", bands, data)
@@ -561,8 +561,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)
     try:
         data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
-                         max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale, offset=offset,
-                         log=log)
+                             max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale,
+                             offset=offset, log=log)
     except BandMismatchError as error:
         raise BandMismatchError(f"the teacher {Path(teacher_path).name} needs bands the raster lacks: {error}") \
             from error
@@ -641,7 +641,7 @@ def _rehearsal_imagery(config, bands, norm, folder, log, is_canceled=None):
                         "written or changed") from error
     try:
         chips = chip_datasets(replace(config, max_chips=None, batch=1), images, polygons, bands, val_fraction=0.0,
-                          norm=norm)
+                              norm=norm)
     except BandMismatchError as error:
         log(f"no rehearsal: the generated Sentinel-2 scenes cannot feed the teacher ({error})")
         return None
