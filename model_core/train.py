@@ -200,16 +200,16 @@ def best_threshold(iou_by_threshold):
 
 
 @torch.no_grad()
-def evaluate_net(net, dataset, info, batch=8):
-    """Scores on ``dataset`` at each of THRESHOLDS -> {threshold: scores}; pixels pooled over all chips."""
+def evaluate_net(net, dataset, info, batch=8, thresholds=THRESHOLDS):
+    """Scores on ``dataset`` at each of ``thresholds`` -> {threshold: scores}; pixels pooled over all chips."""
     net.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch)
-    counts = {t: np.zeros(3) for t in THRESHOLDS}
+    counts = {t: np.zeros(3) for t in thresholds}
     for item in loader:
         with info.autocast():
             prob = torch.sigmoid(net(info.to_device(item["image"])).float()).cpu()
         valid, mask = item["valid"] > 0.5, item["mask"] > 0.5
-        for t in THRESHOLDS:
+        for t in thresholds:
             pred = prob > t
             counts[t] += [(pred & mask & valid).sum(), (pred & ~mask & valid).sum(), (~pred & mask & valid).sum()]
     scores = {}
@@ -375,10 +375,12 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
             log(f"early stop: no better validation IoU for {config.patience} epochs")
             break
     if start is not None and state["best_epoch"] == 0:
-        log(f"no epoch beat the starting model on the validation chips (IoU {start[1]['val_iou']:.3f}): "
-            f"the student keeps the teacher's weights and threshold {start_threshold}")
+        kept = evaluate_net(start_net, data.val, info, config.batch, thresholds=(float(start_threshold), 0.5))
         spec.threshold = float(start_threshold)
-        spec.metrics = {**start[1], "best_epoch": 0}
+        spec.metrics = {**_metrics_at(kept, spec.threshold), "best_epoch": 0}
+        log(f"no epoch beat the starting model on the validation chips (IoU {start[0]['val_iou_best_threshold']:.3f} "
+            f"at its best threshold {start[0]['best_threshold']}): the student keeps the teacher's weights and "
+            f"threshold {start_threshold} (validation IoU {spec.metrics['val_iou']:.3f} there)")
         save_bundle(out, start_net, spec, overwrite=True)
     elif state["best_epoch"]:
         _set_threshold_on_labelled_chips(out, spec, data, config, info, log, state["best_epoch"])

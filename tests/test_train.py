@@ -438,6 +438,13 @@ def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(dom
     assert student.spec.role == "student" and student.spec.metrics["best_epoch"] == 0
     assert student.spec.threshold == parent.spec.threshold
     assert student.spec.metrics["val_iou"] > result.history[0]["val_iou_best_threshold"]
+    # its recorded scores are the teacher's at the threshold it keeps, not at the teacher's best threshold on chips
+    data = training.chip_datasets(config, images, polygons, parent.spec.band_list(), val_fraction=config.val_fraction,
+                                  norm=(parent.spec.norm_mean, parent.spec.norm_std))
+    kept = training.evaluate_net(parent.net, data.val, resolve_device("cpu"), thresholds=(parent.spec.threshold,))
+    assert student.spec.metrics["val_iou"] == pytest.approx(kept[parent.spec.threshold]["iou"])
+    assert f"threshold {parent.spec.threshold} (validation IoU {kept[parent.spec.threshold]['iou']:.3f} there)" in \
+        next(line for line in lines if line.startswith("no epoch beat"))
     for name, value in parent.net.state_dict().items():
         assert torch.equal(student.net.state_dict()[name], value), name
     assert any("keeps the teacher's weights" in line for line in lines)
