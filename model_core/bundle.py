@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .bands import Band
-from .errors import BundleError, OutputError
+from .errors import BundleError, OutputError, check_output_folder, write_error
 
 FORMAT = "minec2f-bundle"
 FORMAT_VERSION = 1
@@ -130,10 +130,11 @@ def save_bundle(path, net, spec, *, overwrite=False):
     """Write ``net``'s weights and ``spec`` to ``path`` atomically; refuse to replace a file unless ``overwrite``."""
     path = Path(path)
     spec.validate(str(path))
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give the model a file name")
     if path.exists() and not overwrite:
         raise OutputError(f"{path} exists already; choose another file name or allow overwriting")
-    if not path.parent.is_dir():
-        raise OutputError(f"folder {path.parent} does not exist; create it or choose another output")
+    check_output_folder(path.parent, "output")
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in net.state_dict().items()}
     handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
     os.close(handle)
@@ -144,8 +145,7 @@ def save_bundle(path, net, spec, *, overwrite=False):
         os.chmod(temp, 0o666 & ~umask)  # mkstemp makes it private; a model is a file to share
         os.replace(temp, path)
     except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}; free disk space or choose a "
-                          "writable folder") from error
+        raise write_error(path, error) from error
     finally:
         if os.path.exists(temp):
             os.remove(temp)

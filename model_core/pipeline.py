@@ -26,7 +26,7 @@ from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, load_bundle
 from .data import overlapping, read_polygons, reproject_polygons
 from .device import resolve_device
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, write_error
 from .infer import PRECISIONS, predict_raster
 from .rasters import PROB_FORMATS
 from .vectorize import check_crs_convertible, polygonize
@@ -164,21 +164,23 @@ class StagedOutputs:
             try:
                 os.replace(self.temp[role], path)
             except OSError as error:
-                raise OutputError(f"cannot write {path} ({error.strerror}); check the folder's permissions "
-                                  f"or choose another output") from error
+                raise write_error(path, error) from error
 
     def _reserve_temp_name(self, final):
         """A fresh hidden file name next to ``final`` with the same suffix, proving the folder can be written
         (creating it if needed). The name is left free so any driver can create the file."""
-        missing = [folder for folder in (final.parent, *final.parent.parents) if not folder.exists()]
+        folders = (final.parent, *final.parent.parents)
+        blocking = [folder for folder in folders if folder.exists() and not folder.is_dir()]
+        if blocking:
+            raise OutputError(f"{blocking[0]} is a file, not a folder; choose another output folder")
+        missing = [folder for folder in folders if not folder.exists()]
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             self.created_folders += [folder for folder in missing if folder not in self.created_folders]
             handle, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}",
                                             dir=final.parent)
         except OSError as error:
-            raise OutputError(f"cannot write to folder {final.parent} ({error.strerror}); choose a folder you can "
-                              f"write to") from error
+            raise write_error(f"to folder {final.parent}", error) from error
         os.close(handle)
         os.unlink(name)
         return Path(name)

@@ -56,7 +56,7 @@ from .bands import DEFAULT_MODEL_BANDS
 from .bundle import ModelSpec, load_bundle, save_bundle
 from .data import Augment, build_datasets
 from .distill import TeacherReliability, attention_map, attentive_feature_loss, attentive_prediction_loss
-from .errors import BandMismatchError, Cancelled, InputError, OutputError
+from .errors import BandMismatchError, Cancelled, InputError, OutputError, check_output_folder, write_error
 from .nets import (DEFAULT_ARCHITECTURE, DEFAULT_DECODER_CHANNELS, DEFAULT_ENCODER, DEFAULT_ENCODER_DEPTH,
                    build_net, copy_weights)
 
@@ -369,8 +369,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
             _write_log(log_path, state["history"])
             save_resume(checkpoint, net, optimizer, state)
         except OSError as error:
-            raise OutputError(f"cannot write the training log or checkpoint next to {out}: "
-                              f"{error.strerror or error}; free disk space or choose a writable folder") from error
+            raise write_error(f"the training log or checkpoint next to {out}", error) from error
         if state["stale"] >= config.patience:
             log(f"early stop: no better validation IoU for {config.patience} epochs")
             break
@@ -484,12 +483,11 @@ def _plot_curves(path, history, log):
 
 def _check_output(out, overwrite, resume):
     out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; give the model a file name, such as {out / 'model.safetensors'}")
     if out.exists() and not (overwrite or resume):
         raise OutputError(f"{out} exists already; choose another --out or pass --overwrite")
-    if not out.parent.is_dir():
-        raise OutputError(f"folder {out.parent} does not exist; create it or choose another --out")
-    if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"folder {out.parent} is not writable; choose another --out")
+    check_output_folder(out.parent, "--out")
     return out
 
 

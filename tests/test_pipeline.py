@@ -1,5 +1,7 @@
 """segment_scene: the whole run, its outputs, and every way bad input is refused without leaving files."""
 
+import errno
+
 import numpy as np
 import pytest
 import rasterio
@@ -112,8 +114,19 @@ def test_existing_outputs_are_kept_unless_overwrite(scene, tiny_bundle_path, out
 def test_unwritable_output_folder_is_refused_before_work(scene, tiny_bundle_path, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
-    with pytest.raises(OutputError, match="cannot write to folder"):
+    with pytest.raises(OutputError, match="not_a_folder is a file, not a folder; choose another output folder"):
         run(scene, tiny_bundle_path, output_paths(scene, blocker / "out"))
+
+
+def test_folder_without_write_permission_is_refused_naming_the_fix(scene, tiny_bundle_path, tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("model_core.pipeline.tempfile.mkstemp", denied)  # root may write anywhere: simulate it
+    with pytest.raises(OutputError, match="cannot write to folder .*out: Permission denied; choose a folder you can "
+                                          "write to"):
+        run(scene, tiny_bundle_path, output_paths(scene, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # the output folder it made is removed again
 
 
 def test_output_may_not_replace_the_input(scene, tiny_bundle_path, tmp_path):

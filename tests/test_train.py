@@ -241,6 +241,14 @@ def test_existing_output_is_refused_and_kept(domains, teacher, tmp_path):
     assert out.read_bytes() == b"analyst's earlier model"
     with pytest.raises(OutputError, match="does not exist"):
         train_teacher(images, polygons, tmp_path / "no" / "dir" / "t.safetensors", config=TrainConfig(**CHIPS))
+    folder = tmp_path / "models.safetensors"
+    folder.mkdir()
+    with pytest.raises(OutputError, match="models.safetensors is a folder; give the model a file name"):
+        finetune_student(teacher.bundle_path, images, polygons, folder, overwrite=True, config=TrainConfig(**CHIPS))
+    with pytest.raises(OutputError, match="keep.safetensors is a file, not a folder; choose another --out"):
+        train_teacher(images, polygons, out / "t.safetensors", config=TrainConfig(**CHIPS))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.safetensors", "models.safetensors"]
+    assert list(folder.iterdir()) == []
 
 
 def test_disk_full_is_an_output_error_and_leaves_no_partial_file(domains, tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_reflectance_scale_and_offset_reach_the_engine(plugin, known_scene, cons
 def test_unwritable_output_is_refused_before_any_work(plugin, known_scene, constant_bundle_path, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where a folder is expected")
-    with pytest.raises(QgsProcessingException, match="cannot write"):
+    with pytest.raises(QgsProcessingException, match="not_a_folder is a file, not a folder"):
         run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path),
                     OUTPUT_FOOTPRINTS=str(blocker / "footprints.gpkg"))
 
