@@ -12,6 +12,7 @@ then the data type and values (uint16 x 10000, with the +1000 DN offset of proce
 from the darkest pixels; values too bright for that are refused).
 """
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -281,6 +282,10 @@ def resolve_radiometry(src, explicit_scale=None, explicit_offset=None, bands=Non
         default = _guess(src, bands)[0] if explicit_scale is None or explicit_offset is None else None
         scale = explicit_scale if explicit_scale is not None else default.scale
         offset = explicit_offset if explicit_offset is not None else default.offset
+        if not (math.isfinite(float(scale)) and float(scale) > 0) or not math.isfinite(float(offset)):
+            raise InputError(f"scale {scale} and offset {offset} cannot turn DN into reflectance (reflectance = DN x "
+                             "scale + offset; the scale must be above 0); give, e.g., --scale 0.0001 --offset -0.1 "
+                             "for Sentinel-2 L2A of processing baseline 04.00 or later")
         return Radiometry(float(scale), float(offset)), "given"
     scales = {src.scales[band - 1] for band in bands}
     offsets = {src.offsets[band - 1] for band in bands}
@@ -289,7 +294,11 @@ def resolve_radiometry(src, explicit_scale=None, explicit_offset=None, bands=Non
             raise InputError(f"{_name(src)} has a different scale/offset per band ({sorted(scales)}, "
                              f"{sorted(offsets)}) in bands {bands}; give one scale and offset for all bands "
                              "(--scale, --offset)")
-        return Radiometry(float(scales.pop()), float(offsets.pop())), "the raster's scale/offset metadata"
+        scale, offset = float(scales.pop()), float(offsets.pop())
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
+            raise InputError(f"{_name(src)} declares scale {scale:g} and offset {offset:g}, which cannot turn DN into "
+                             "reflectance; give the right ones (--scale, --offset)")
+        return Radiometry(scale, offset), "the raster's scale/offset metadata"
     tags = {k.upper(): v for k, v in src.tags().items()}
     tags.update({k.upper(): v for k, v in src.tags(bands[0]).items() if k.upper() not in tags})
     quant = _float_tag(tags, _QUANTIFICATION_TAGS)

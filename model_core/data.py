@@ -124,14 +124,14 @@ class Chip:
 
 # ---------------------------------------------------------------------------------------------- polygons
 
-def read_polygons(path, layer=None, *, allow_empty=False, log=None):
+def read_polygons(path, layer=None, *, allow_empty=False, log=None, what="polygon file"):
     """Read the polygons of ``layer`` (default: the first) of a GeoPackage/Shapefile/GeoJSON/... with OGR.
     Invalid geometries are repaired (``shapely.make_valid``) and counted; non-polygon parts are dropped.
-    A layer without polygons is refused unless ``allow_empty``."""
+    A layer without polygons is refused unless ``allow_empty``. ``what``: the file's role, for messages."""
     log = log or (lambda message: None)
     path = Path(path)
     if not path.exists():
-        raise InputError(f"polygon file {path} does not exist; check the path")
+        raise InputError(f"{what} {path} does not exist; check the path")
     with _ogr_exceptions():
         try:
             source, reason = ogr.Open(str(path)), "not a vector format GDAL knows"
@@ -621,7 +621,8 @@ def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapp
         raise InputError("no raster given; pass at least one --raster")
     # Within a labelled extent, an empty footprint layer is a statement: no footprints there.
     footprints = read_polygons(polygons, polygon_layer, allow_empty=extent is not None, log=log)
-    extent_polygons = read_polygons(extent, extent_layer, log=log) if extent is not None else None
+    extent_polygons = (read_polygons(extent, extent_layer, log=log, what="labelled extent file (--extent)")
+                       if extent is not None else None)
     labelled = [label_raster(path, footprints, extent_polygons, model_bands=model_bands, band_mapping=band_mapping,
                              scale=scale, offset=offset, log=log) for path in rasters]
     return labelled, footprints, extent_polygons

@@ -76,8 +76,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
         bundle = model if isinstance(model, Bundle) else load_bundle(model)
         spec = bundle.spec
         tile, overlap, threshold, min_area_ha = _check_parameters(
-            tile or spec.tile_size, spec.overlap if overlap is None else overlap, batch,
-            spec.threshold if threshold is None else threshold,
+            spec, tile, overlap, batch, spec.threshold if threshold is None else threshold,
             spec.min_area_ha if min_area_ha is None else min_area_ha)
         with open_raster(input_path) as src:
             window = window_for_bounds(src, bounds)
@@ -112,7 +111,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
 
 def _exclusion(path, crs_wkt, bounds, log):
     """The polygons of the file ``path`` (any CRS) in the raster's CRS ``crs_wkt`` that touch ``bounds``."""
-    layer = read_polygons(path, allow_empty=True, log=log)
+    layer = read_polygons(path, allow_empty=True, log=log, what="exclusion polygon file (--exclude)")
     shapes = overlapping(reproject_polygons(layer, crs_wkt), bounds)
     unset = "" if layer.crs_wkt else " (it has no CRS: taken to be the raster's)"
     log(f"not segmenting inside the {len(shapes)} polygon(s) of {Path(path).name} over the raster{unset}")
@@ -240,12 +239,16 @@ def window_for_bounds(src, bounds):
     return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
 
 
-def _check_parameters(tile, overlap, batch, threshold, min_area_ha):
-    tile, overlap = int(tile), int(overlap)
+def _check_parameters(spec, tile, overlap, batch, threshold, min_area_ha):
+    """Checked (tile, overlap, threshold, min_area_ha); an unset tile is the model's, an unset overlap the model's
+    but at most a quarter of the tile (so that a smaller --tile alone works)."""
+    tile = spec.tile_size if tile is None else int(tile)
     if tile < 32:
-        raise InputError(f"tile size {tile} is too small; use 32 pixels or more (256-512 is typical)")
+        raise InputError(f"tile size {tile} is too small; give --tile 32 or more (256-512 px is typical)")
+    overlap = min(spec.overlap, tile // 4) if overlap is None else int(overlap)
     if not 0 <= overlap <= tile // 2:
-        raise InputError(f"overlap {overlap} must be between 0 and half the tile size ({tile // 2})")
+        raise InputError(f"overlap {overlap} must be between 0 and half the tile size ({tile // 2}); change "
+                         "--overlap or --tile")
     if batch is not None and int(batch) < 1:
         raise InputError(f"batch size {batch} must be 1 or more")
     if not 0.0 < float(threshold) < 1.0:

@@ -315,6 +315,8 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
                                                       last_epoch=state["epoch"] * steps - 1)
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
+    elif resume:
+        log(f"nothing to resume: no checkpoint {checkpoint.name} next to {out.name}; training from the start")
     log_path, curves_path = out.with_suffix(".log.csv"), out.with_suffix(".curves.png")
     torch.manual_seed(config.seed + state["epoch"])
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -564,7 +566,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                              max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale,
                              offset=offset, log=log)
     except BandMismatchError as error:
-        raise BandMismatchError(f"the teacher {Path(teacher_path).name} needs bands the raster lacks: {error}") \
+        raise BandMismatchError(f"the teacher {Path(teacher_path).name} cannot train on this raster: {error}") \
             from error
     start = None
     if config.method == AUTO_METHOD:  # the teacher's scores are the student's starting scores, which fit reuses

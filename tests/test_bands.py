@@ -172,6 +172,17 @@ def test_file_scale_offset_and_explicit_values_win(tmp_path):
     assert radiometry.offset == 0.0 and reason == "given"
 
 
+def test_a_scale_that_cannot_give_reflectance_is_refused(tmp_path):
+    with rasterio.open(write(tmp_path / "r.tif", 2, value=3000)) as src:
+        for scale, offset in ((0.0, None), (-1e-4, 0.0), (1e-4, float("nan"))):
+            with pytest.raises(InputError, match=r"cannot turn DN into reflectance .*the scale must be above 0.*"
+                                                 r"--scale 0.0001 --offset -0.1"):
+                resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset)
+    with rasterio.open(write(tmp_path / "zero.tif", 2, scales=[0.0, 0.0], offsets=[0.0, 0.0], value=3000)) as src:
+        with pytest.raises(InputError, match=r"zero.tif declares scale 0 and offset 0, .*--scale, --offset"):
+            resolve_radiometry(src)
+
+
 def test_float_reflectance_is_kept(tmp_path):
     with rasterio.open(write(tmp_path / "r.tif", 6, dtype="float32", value=0.2)) as src:
         assert resolve_radiometry(src)[0] == Radiometry(1.0, 0.0)

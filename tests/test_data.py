@@ -20,8 +20,8 @@ from raster_files import write_raster
 from model_core.bands import DEFAULT_MODEL_BANDS, Radiometry, resolve_radiometry
 from model_core.data import (BALANCED_SPLIT, IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset,
                              _chip_overlaps, _split_by_blocks, build_chip_index, build_datasets,
-                             compute_band_stats, export_chips, footprint_balance, label_raster, read_polygons,
-                             select_chips)
+                             compute_band_stats, export_chips, footprint_balance, label_raster, label_rasters,
+                             read_polygons, select_chips)
 from model_core.errors import Cancelled, InputError, OutputError
 from model_core.vectorize import write_polygons_gpkg
 
@@ -153,6 +153,8 @@ def test_extent_that_misses_the_raster_is_refused(tmp_path, utm_raster):
     extent = read_polygons(write_polygons(tmp_path / "e.gpkg", [pixel_box(500, 600, 0, 10)]))
     with pytest.raises(InputError, match="labelled extent e.gpkg does not overlap scene.tif"):
         label_raster(utm_raster, polygons, extent, model_bands=DEFAULT_MODEL_BANDS)
+    with pytest.raises(InputError, match=r"labelled extent file \(--extent\) .*missing.gpkg does not exist"):
+        label_rasters([utm_raster], tmp_path / "p.gpkg", tmp_path / "missing.gpkg", model_bands=DEFAULT_MODEL_BANDS)
 
 
 def test_empty_missing_and_unreadable_polygon_files_are_refused(tmp_path):

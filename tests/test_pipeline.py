@@ -8,7 +8,9 @@ import rasterio
 from osgeo import ogr
 from rasterio.transform import from_origin
 
+from model_core.bundle import load_bundle
 from model_core.errors import BandMismatchError, BundleError, Cancelled, InputError, OutputError
+from model_core.paths import DEFAULT_MODEL
 from model_core.pipeline import output_paths, segment_scene
 from model_core.rasters import UINT8_NODATA
 
@@ -193,7 +195,7 @@ def test_raster_with_unknown_crs(make_raster, tiny_bundle_path, outputs):
 def test_corrupt_bundle(scene, tiny_bundle_path, outputs, tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(tiny_bundle_path.read_bytes()[:500])
-    with pytest.raises(BundleError):
+    with pytest.raises(BundleError, match="truncated.safetensors is not a readable model bundle .*get a fresh copy"):
         run(scene, truncated, outputs)
     assert not outputs[0].parent.exists()  # not even the output folder it created
 
@@ -205,3 +207,19 @@ def test_corrupt_bundle(scene, tiny_bundle_path, outputs, tmp_path):
 def test_bad_parameters(scene, tiny_bundle_path, outputs, kwargs, message):
     with pytest.raises(InputError, match=message):
         run(scene, tiny_bundle_path, outputs, **kwargs)
+
+
+@pytest.mark.parametrize("tile,overlap,message", [
+    (0, None, "tile size 0 is too small; give --tile 32 or more"),
+    (64, 40, "overlap 40 must be between 0 and half the tile size \\(32\\); change --overlap or --tile"),
+])
+def test_bad_tiling_names_the_option_to_change(scene, tiny_bundle_path, outputs, tile, overlap, message):
+    with pytest.raises(InputError, match=message):
+        segment_scene(scene, tiny_bundle_path, *outputs, device="cpu", tile=tile, overlap=overlap)
+
+
+def test_a_smaller_tile_alone_gets_an_overlap_that_fits_it(scene, outputs):
+    lines = []
+    assert load_bundle(DEFAULT_MODEL).spec.overlap > 64 // 2  # the bundled model's overlap does not fit 64 px tiles
+    segment_scene(scene, DEFAULT_MODEL, *outputs, device="cpu", tile=64, log=lines.append)
+    assert any("tile 64, overlap 16," in line for line in lines), lines

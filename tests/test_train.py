@@ -251,6 +251,16 @@ def test_existing_output_is_refused_and_kept(domains, teacher, tmp_path):
     assert list(folder.iterdir()) == []
 
 
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(domains, tmp_path):
+    images, polygons = domains["coarse"]
+    lines = []
+    result = train_teacher(images, polygons, tmp_path / "t.safetensors", resume=True, log=lines.append,
+                           config=TrainConfig(epochs=1, steps_per_epoch=1, **CHIPS))
+    assert "nothing to resume: no checkpoint t.resume.safetensors next to t.safetensors; training from the start" \
+        in lines
+    assert result.best_epoch == 1 and len(result.history) == 1
+
+
 def test_disk_full_is_an_output_error_and_leaves_no_partial_file(domains, tmp_path, monkeypatch):
     images, polygons = domains["coarse"]
 
@@ -272,7 +282,8 @@ def test_teacher_bands_missing_from_the_raster(domains, teacher, make_raster, tm
     profile.update(count=3)
     with rasterio.open(three, "w", **profile) as dst:
         dst.write(rgb)
-    with pytest.raises(BandMismatchError, match=r"teacher teacher.safetensors needs bands.*B08"):
+    with pytest.raises(BandMismatchError,
+                       match=r"teacher teacher.safetensors cannot train on this raster: the raster lacks.*B08"):
         finetune_student(teacher.bundle_path, [three], polygons, tmp_path / "s.safetensors",
                          config=TrainConfig(**CHIPS))
 
