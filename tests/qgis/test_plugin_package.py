@@ -38,6 +38,21 @@ def test_zip_holds_one_plugin_folder_with_the_engine_and_resources(plugin_zip):
     assert f"minec2f_qgis/{metadata['general']['icon']}" in names
 
 
+def test_zip_holds_what_pb_tool_cfg_lists_and_the_licence(plugin_zip):
+    """pb_tool.cfg describes the plugin folder (pb_tool deploys from it); the zip must hold exactly that."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "pb_tool.cfg")
+    entries = [name for key in ("python_files", "extras", "extra_dirs") for name in config["files"][key].split()]
+    archive = zipfile.ZipFile(plugin_zip)
+    names = [name.removeprefix("minec2f_qgis/") for name in archive.namelist()]
+    for entry in entries:
+        assert entry in names or any(name.startswith(f"{entry}/") for name in names), entry
+    assert all(any(name == entry or name.startswith(f"{entry}/") for entry in entries) for name in names)
+    assert "GNU GENERAL PUBLIC LICENSE" in archive.read("minec2f_qgis/LICENSE").decode()
+    plugin_modules = {path.name for path in (ROOT / "minec2f_qgis").glob("*.py")}
+    assert plugin_modules <= set(config["files"]["python_files"].split())  # no module left out of the plugin
+
+
 @pytest.fixture
 def qgis_process(plugin_zip, tmp_path):
     """Runs ``qgis_process.bin run ALGORITHM -- KEY=VALUE ...`` with the zip installed in a fresh profile."""
