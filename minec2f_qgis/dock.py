@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 from qgis.core import (QgsApplication, QgsMapLayerProxyModel, QgsProcessingAlgRunnerTask, QgsProcessingContext,
-                       QgsProcessingException, QgsProcessingFeedback, QgsProcessingUtils, QgsProject)
+                       QgsProcessingException, QgsProcessingFeedback, QgsProcessingUtils, QgsProject, QgsRasterLayer)
 from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QUrl
+from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
                                  QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
-                                 QTableWidget, QVBoxLayout, QWidget)
+                                 QTableWidget, QToolButton, QVBoxLayout, QWidget)
 
 from model_core import defaults
 
@@ -83,8 +84,13 @@ class MineC2FDock(QgsDockWidget):
         self.layer_box.layerChanged.connect(self.update_band_mapping)
         self.model_box.currentIndexChanged.connect(self.model_changed)
         self.model_changed()
-        if iface is not None and iface.activeLayer() is not None:
-            self.layer_box.setLayer(iface.activeLayer())
+        self.use_active_layer()
+
+    def use_active_layer(self):
+        """Pick the active layer when it is a raster (else the picker keeps its choice, or the first raster)."""
+        layer = self.iface.activeLayer() if self.iface is not None else None
+        if isinstance(layer, QgsRasterLayer):
+            self.layer_box.setLayer(layer)
 
     # ---- layout
     def _build(self):
@@ -97,7 +103,23 @@ class MineC2FDock(QgsDockWidget):
         self.layer_box.setFilters(QgsMapLayerProxyModel.RasterLayer)
         form.addRow("Raster", self.layer_box)
         self.model_box = QComboBox()
-        form.addRow("Model", self.model_box)
+        folder = models.user_models_dir()
+        self.reload_models_button = QToolButton()
+        self.reload_models_button.setText("Reload")
+        self.reload_models_button.setIcon(QgsApplication.getThemeIcon("/mActionRefresh.svg"))
+        self.reload_models_button.setToolTip(f"Read the models folder again ({folder})")
+        self.reload_models_button.clicked.connect(lambda: self.refresh_models(select=self.model_box.currentData()))
+        self.models_folder_button = QToolButton()
+        self.models_folder_button.setText("Folder")
+        self.models_folder_button.setIcon(QgsApplication.getThemeIcon("/mIconFolderOpen.svg"))
+        self.models_folder_button.setToolTip(f"Open your models folder, {folder}: the .safetensors model bundles you "
+                                             "put there are offered in this list (fine-tuned models are saved there)")
+        self.models_folder_button.clicked.connect(self.open_models_folder)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_box, 1)
+        model_row.addWidget(self.reload_models_button)
+        model_row.addWidget(self.models_folder_button)
+        form.addRow("Model", model_row)
         self.card = QLabel()
         self.card.setWordWrap(True)
         self.card.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -259,6 +281,11 @@ class MineC2FDock(QgsDockWidget):
             self.model_box.setCurrentIndex(max(0, self.model_box.findData(str(select))))
         self.model_box.blockSignals(False)
         self.model_changed()
+
+    def open_models_folder(self):
+        folder = models.user_models_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
 
     def current_model(self):
         index = self.model_box.currentIndex()
@@ -441,7 +468,12 @@ class MineC2FDock(QgsDockWidget):
             self.status.setText("Cancelled; no output was written.")
             return
         canvas = self.iface.mapCanvas() if self.iface is not None else None
-        add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
+        try:
+            add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
+        except ValueError as error:
+            self.show_error(f"the results were written to {Path(parameters['OUTPUT_FOOTPRINTS']).parent} but could "
+                            f"not be added to the map: {error}")
+            return
         seconds = time.monotonic() - self.started
         folder = Path(parameters["OUTPUT_FOOTPRINTS"]).parent
         self.status.setText(f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b>"

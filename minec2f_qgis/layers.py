@@ -38,7 +38,8 @@ def style_on_load(context, path, style):
 
 def add_results(input_name, prob_path, footprints_path, project=None, canvas=None):
     """Add the probability raster and the footprint polygons, styled, in a new group named ``input_name`` at the
-    top of the layer tree; zoom ``canvas`` to them when they are outside its view. Returns (group, layers)."""
+    top of the layer tree; zoom ``canvas`` to the footprints (to the raster when there are none) when they are not
+    all in its view. Returns (group, layers)."""
     project = project or QgsProject.instance()
     footprints = QgsVectorLayer(f"{footprints_path}|layername=footprints", FOOTPRINTS_LAYER_NAME, "ogr")
     probability = QgsRasterLayer(str(prob_path), PROBABILITY_LAYER_NAME)
@@ -51,9 +52,11 @@ def add_results(input_name, prob_path, footprints_path, project=None, canvas=Non
         project.addMapLayer(layer, False)
         group.addLayer(layer)
     if canvas is not None:
-        to_canvas = QgsCoordinateTransform(probability.crs(), canvas.mapSettings().destinationCrs(), project)
-        extent = to_canvas.transformBoundingBox(probability.extent())
-        if not canvas.extent().intersects(extent):
+        shown = footprints if footprints.featureCount() else probability
+        to_canvas = QgsCoordinateTransform(shown.crs(), canvas.mapSettings().destinationCrs(), project)
+        extent = to_canvas.transformBoundingBox(shown.extent())
+        if not canvas.extent().contains(extent):
+            extent.scale(1.1)  # a margin round the outermost footprints
             canvas.setExtent(extent)
         canvas.refresh()
     return group, [footprints, probability]

@@ -55,6 +55,8 @@ class MineC2FPlugin:
             self.dock = MineC2FDock(self.iface, self.iface.mainWindow())
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
             self.dock.visibilityChanged.connect(self.action.setChecked)
+        elif visible and not self.dock.isVisible():
+            self.dock.use_active_layer()
         self.dock.setVisible(visible)
 
     def check_dependencies(self):

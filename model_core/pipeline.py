@@ -234,8 +234,8 @@ def window_for_bounds(src, bounds):
     col_stop = min(src.width, math.ceil(round(exact.col_off + exact.width, 6)))
     row_stop = min(src.height, math.ceil(round(exact.row_off + exact.height, 6)))
     if col_stop <= col_start or row_stop <= row_start:
-        raise InputError(f"the extent ({xmin}, {ymin}, {xmax}, {ymax}) does not overlap the raster "
-                         f"(its extent is {extent}); give an extent inside the raster, in the raster's CRS")
+        raise InputError(f"the extent ({xmin}, {ymin}, {xmax}, {ymax}) does not overlap the raster (its extent is "
+                         f"{extent}; both in the raster's CRS); give an extent inside the raster")
     return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)
 
 

@@ -120,3 +120,61 @@ def test_unmatched_bands_are_explained_and_must_be_chosen(dock, make_raster):
     assert "B02" in dock.band_status.text() and "(choose them in the table above)" in dock.band_status.text()
     dock.run_button.click()
     assert "choose the raster band for model band B02" in dock.status.text() and dock.task is None
+
+
+def test_the_picker_takes_the_active_raster_and_ignores_an_active_vector(plugin, qgis_iface, known_scene):
+    QgsProject.instance().clear()
+    first = QgsRasterLayer(str(known_scene), "First raster")
+    second = QgsRasterLayer(str(known_scene), "Second raster")
+    outlines = QgsVectorLayer("Polygon?crs=EPSG:32633", "Outlines", "memory")
+    QgsProject.instance().addMapLayers([first, second, outlines])
+    qgis_iface.setActiveLayer(outlines)
+    widget = MineC2FDock(qgis_iface)
+    assert widget.layer_box.currentLayer() is not None  # a raster, not the empty choice the vector would give
+    qgis_iface.setActiveLayer(second)
+    widget.use_active_layer()  # as when the toolbar action shows the dock again
+    assert widget.layer_box.currentLayer().name() == "Second raster"
+    widget.deleteLater()
+    QgsProject.instance().clear()
+
+
+def test_models_put_in_the_models_folder_appear_on_reload(dock, constant_bundle_path):
+    folder = models.user_models_dir()
+    assert str(folder) in dock.models_folder_button.toolTip()
+    labels = [dock.model_box.itemText(i) for i in range(dock.model_box.count())]
+    selected = dock.model_box.currentData()
+    (folder / "colleague.safetensors").write_bytes(constant_bundle_path.read_bytes())
+    dock.reload_models_button.click()
+    assert dock.model_box.count() == len(labels) + 1
+    assert dock.model_box.findData(str(folder / "colleague.safetensors")) >= 0
+    assert dock.model_box.currentData() == selected  # the choice is kept
+
+
+def test_the_map_zooms_to_footprints_outside_the_view_and_not_otherwise(dock, qgis_iface):
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsProject.instance().crs())
+    footprints = QgsRectangle(500000 + 8 * 10, 5800000 - 80 * 10, 500000 + 80 * 10, 5800000 - 8 * 10)  # BLOCKS
+    canvas.setExtent(QgsRectangle(500000, 5799700, 500200, 5799900))  # on the raster, the second block out of view
+    assert not canvas.extent().contains(footprints)
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert canvas.extent().contains(footprints), canvas.extent().toString()
+
+    wide = QgsRectangle(499000, 5798000, 502000, 5801000)
+    canvas.setExtent(wide)
+    shown = canvas.extent()
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert canvas.extent() == shown  # all in view already: the map stays where the analyst put it
+
+
+def test_results_that_cannot_be_loaded_are_reported_with_where_they_are(dock, monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise ValueError("cannot load footprints.gpkg; the file is missing or unreadable")
+
+    monkeypatch.setattr("minec2f_qgis.dock.add_results", refuse)
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert f"the results were written to {tmp_path / 'results'} but could not be added to the map: cannot load " \
+        "footprints.gpkg" in dock.status.text(), dock.status.text()
+    assert dock.run_button.isEnabled()

@@ -66,6 +66,8 @@ def test_extent_in_another_crs_limits_the_segmented_area(plugin, known_scene, co
 
     assert results["FOOTPRINT_COUNT"] == 1
     assert results["TOTAL_AREA_HA"] == pytest.approx(BLOCK_AREAS_HA[1], rel=0.01)
+    results = run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), EXTENT="")  # scripts: not set
+    assert results["FOOTPRINT_COUNT"] == 2
 
 
 def test_excluded_polygons_of_a_scratch_layer_in_another_crs_are_not_segmented(plugin, known_scene,
