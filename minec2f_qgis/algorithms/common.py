@@ -5,9 +5,10 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from qgis.core import (QgsCoordinateTransformContext, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterNumber, QgsProcessingUtils,
-                       QgsVectorFileWriter)
+from qgis.core import (QgsCoordinateTransformContext, QgsMapLayer, QgsProcessingAlgorithm, QgsProcessingException,
+                       QgsProcessingParameterDefinition, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRasterLayer, QgsVectorFileWriter,
+                       QgsVectorLayer)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import missing_message, missing_requirements
@@ -40,6 +41,9 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         missing = missing_requirements()
         if missing:
             return False, missing_message(missing)
+        wrong = self.layers_that_are_not_rasters(parameters, context)
+        if wrong:
+            return False, wrong
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
             return ok, message
@@ -48,6 +52,21 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         except QgsProcessingException as error:
             return False, str(error)
         return True, ""
+
+    def layers_that_are_not_rasters(self, parameters, context):
+        """A message for a layer given to a raster layer parameter that is not a raster (QGIS's own check says only
+        "invalid value"), or ""."""
+        for definition in self.parameterDefinitions():
+            value = parameters.get(definition.name())
+            if not isinstance(definition, QgsProcessingParameterRasterLayer) or value is None:
+                continue
+            layer = value if isinstance(value, QgsMapLayer) else QgsProcessingUtils.mapLayerFromString(str(value),
+                                                                                                     context)
+            if layer is not None and not isinstance(layer, QgsRasterLayer):
+                kind = "a vector layer" if isinstance(layer, QgsVectorLayer) else "a layer"
+                return (f"{definition.name()}: '{layer.name()}' is {kind}, not a raster; choose the multispectral "
+                        f"raster layer or file to segment")
+        return ""
 
     def check_parameters(self, parameters, context):
         """The algorithm's own checks, after QGIS's: raise QgsProcessingException naming the parameter and the

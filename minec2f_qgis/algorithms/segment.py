@@ -23,7 +23,8 @@ needs blue, green, red, NIR, SWIR1, SWIR2), saved as a file (GeoTIFF, VRT, ...).
 Empty: bands are matched by their descriptions (B02, Blue, SR_B2, ...) or by the standard Sentinel-2 / Landsat band \
 order.
 """ + RADIOMETRY_HELP + """
-<b>Device</b>: Auto uses an NVIDIA GPU (CUDA) when PyTorch sees one, else the CPU; CPU always uses the processor; CUDA insists on the GPU and stops with an error when PyTorch sees none.
+<b>Device</b>: Auto uses an NVIDIA GPU (CUDA) when PyTorch sees one, else the CPU; CPU always uses the processor; \
+CUDA insists on the GPU and stops with an error when PyTorch sees none.
 <b>Probability threshold</b>: pixels at or above it become footprint (0-1). Lower finds more, with more false \
 alarms. Not set: the model's recommended value.
 <b>Minimum footprint area (ha)</b>: smaller polygons and holes are dropped. Not set: the model's value.

@@ -107,7 +107,8 @@ def test_cancel_leaves_no_output(plugin, known_scene, constant_bundle_path, tmp_
 
 def test_vector_input_is_refused(plugin, tmp_path, constant_bundle_path):
     vector = QgsVectorLayer("Polygon?crs=EPSG:32633", "polygons", "memory")
-    with pytest.raises(QgsProcessingException, match="INPUT"):
+    with pytest.raises(QgsProcessingException, match="INPUT: 'polygons' is a vector layer, not a raster; choose the "
+                                                     "multispectral raster layer"):
         run_segment(INPUT=vector, MODEL=str(constant_bundle_path))
 
 
@@ -213,3 +214,27 @@ def test_results_loaded_by_processing_get_the_plugin_styles(plugin, known_scene,
         assert not footprints.labelsEnabled()
     finally:
         QgsProject.instance().clear()
+
+
+def test_runs_in_the_batch_dialog(plugin, qgis_iface, known_scene, constant_bundle_path, tmp_path):
+    """Two rows of Processing's batch dialog, filled and run as an analyst would; the second drops small
+    footprints."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from qgis.core import QgsApplication, QgsProcessingContext
+
+    dialog = BatchAlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("minec2f:segment"))
+    panel = dialog.mainWidget()
+    panel.addRow()
+    context = QgsProcessingContext()
+    for row, min_area in enumerate((0.5, 5.0)):
+        for name, value in (("INPUT", str(known_scene)), ("MODEL", str(constant_bundle_path)),
+                            ("MIN_AREA_HA", min_area)):
+            panel.wrappers[row][panel.parameter_to_column[name]].setParameterValue(value, context)
+        for name, suffix in (("OUTPUT_PROBABILITY", ".tif"), ("OUTPUT_MASK", ".tif"), ("OUTPUT_FOOTPRINTS", ".gpkg")):
+            output = panel.tblParameters.cellWidget(row + 1, panel.parameter_to_column[name])
+            output.setValue(str(tmp_path / f"row{row}_{name.lower()}{suffix}"))
+    dialog.runAlgorithm()
+
+    assert footprint_areas(tmp_path / "row0_output_footprints.gpkg") == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
+    assert footprint_areas(tmp_path / "row1_output_footprints.gpkg") == pytest.approx([BLOCK_AREAS_HA[0]], rel=0.01)
+    dialog.deleteLater()
