@@ -109,3 +109,14 @@ def test_shapely_with_newer_geos_than_qgis_is_replaced(monkeypatch):
 def test_python_host_has_no_geos_clash():
     # pytest runs PyQGIS inside Python, which loads QGIS's libraries with local symbols: no clash possible.
     assert dependencies.process_geos_version() is None
+
+
+def test_dock_says_what_is_missing_and_offers_no_run(plugin, qgis_iface, torch_missing):
+    from minec2f_qgis.dock import MineC2FDock
+
+    widget = MineC2FDock(qgis_iface)
+    try:
+        assert "missing from this QGIS: torch." in widget.status.text() and "pip install" in widget.status.text()
+        assert not widget.run_button.isEnabled() and not widget.finetune_button.isEnabled()
+    finally:
+        widget.deleteLater()
