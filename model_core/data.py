@@ -52,6 +52,7 @@ from .rasters import valid_pixels
 from .vectorize import _polygonal
 
 IGNORE = 255
+MIN_CHIP_SIZE = 16  # px: the smallest chip a 4-level encoder (stride 16) can take
 FOOTPRINT, BACKGROUND = 1, 0
 
 # Bare-ground spectra (hard negatives): bright in SWIR1, little vegetation. Reflectance units.
@@ -306,8 +307,11 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
     for number, raster in enumerate(rasters):
         height, width = raster.shape
         if height < chip_size or width < chip_size:
+            fix = (f"lower --chip-size to {min(height, width)} px or less (a multiple of 16 for the default net)"
+                   if min(height, width) >= MIN_CHIP_SIZE else
+                   f"train on rasters at least {MIN_CHIP_SIZE} px on each side")
             raise InputError(f"{Path(raster.path).name} ({width} x {height} px) is smaller than one chip "
-                             f"({chip_size} px); lower --chip-size")
+                             f"({chip_size} px); {fix}")
         for row in chip_origins(height, chip_size, stride):
             for col in chip_origins(width, chip_size, stride):
                 chip = _measure_chip(raster, number, row, col, chip_size)

@@ -411,3 +411,16 @@ def test_export_chips_command(tmp_path, capsys):
                  str(tmp_path / "other")]) == 1
     assert "error: s.tif: none of the 1 polygons overlap" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_raster_smaller_than_one_chip_is_told_what_can_work(tmp_path):
+    polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(0, 1, 2, 8)]))
+    narrow = label_raster(write_raster(tmp_path / "narrow.tif", scene(64)[:, :40, :], descriptions=BAND_NAMES),
+                          polygons, model_bands=DEFAULT_MODEL_BANDS)
+    with pytest.raises(InputError, match=r"narrow.tif \(64 x 40 px\) is smaller than one chip \(64 px\); lower "
+                                         r"--chip-size to 40 px or less"):
+        build_chip_index([narrow], chip_size=64)
+    strip = label_raster(write_raster(tmp_path / "strip.tif", scene(64)[:, :1, :], descriptions=BAND_NAMES),
+                         polygons, model_bands=DEFAULT_MODEL_BANDS)
+    with pytest.raises(InputError, match=r"strip.tif \(64 x 1 px\) .*; train on rasters at least 16 px on each side"):
+        build_chip_index([strip], chip_size=64)
