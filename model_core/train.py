@@ -109,13 +109,14 @@ class TrainConfig:
         known = METHODS + (AUTO_METHOD,)
         if self.method not in known:
             raise InputError(f"unknown method {self.method!r}; use one of {', '.join(known)}")
-        for name in ("epochs", "batch", "chip_size", "min_steps_per_epoch"):
+        for name in ("epochs", "batch", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise InputError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
-        if self.chip_size % (2 ** self.encoder_depth):
-            raise InputError(f"chip size {self.chip_size} must be a multiple of {2 ** self.encoder_depth}")
+        if self.chip_size < 1 or self.chip_size % (2 ** self.encoder_depth):
+            raise InputError(f"chip size {self.chip_size} must be a positive multiple of {2 ** self.encoder_depth} "
+                             "(e.g. 128 or 256)")
         if self.temperature <= 0 or self.lr <= 0:
             raise InputError("temperature and learning rate must be positive")
         if self.rehearsal_scenes < 0:

@@ -93,6 +93,9 @@ def test_an_epoch_is_at_least_the_commands_minimum_unless_set(command, run_defau
     assert config.steps_per_epoch == 7 and config.gain_jitter == 0.3
     with pytest.raises(InputError, match="steps per epoch must be at least 1"):
         type(config)(steps_per_epoch=0).check()
+    for chip_size in (0, 100):
+        with pytest.raises(InputError, match=f"chip size {chip_size} must be a positive multiple of 16"):
+            type(config)(chip_size=chip_size).check()
 
 
 def test_landsat_level2_stack_with_its_thermal_band(make_raster, tiny_bundle_path, tmp_path, capsys):
