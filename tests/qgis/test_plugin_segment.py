@@ -174,6 +174,18 @@ def test_virtual_raster_layer_is_refused_with_how_to_export_it(plugin, known_sce
         QgsProject.instance().removeMapLayer(virtual.id())
 
 
+def test_web_tile_layer_is_refused_with_how_to_export_it(plugin, constant_bundle_path):
+    tiles = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png&zmax=19&zmin=0", "web tiles", "wms")
+    assert tiles.isValid()  # a WMS/XYZ layer loads without the network; it has no file to read
+    QgsProject.instance().addMapLayer(tiles)
+    try:
+        with pytest.raises(QgsProcessingException, match="'web tiles' \\(wms\\) is not a raster file on disk; save "
+                                                         "it as a GeoTIFF first"):
+            run_segment(INPUT=tiles.id(), MODEL=str(constant_bundle_path))
+    finally:
+        QgsProject.instance().removeMapLayer(tiles.id())
+
+
 def test_bad_band_mapping_fails_validation(plugin, known_scene, constant_bundle_path):
     with pytest.raises(QgsProcessingException, match="BANDS"):
         run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), BANDS="B02=one")
