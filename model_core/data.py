@@ -307,8 +307,8 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
     for number, raster in enumerate(rasters):
         height, width = raster.shape
         if height < chip_size or width < chip_size:
-            fix = (f"lower --chip-size to {min(height, width)} px or less (a multiple of 16 for the default net)"
-                   if min(height, width) >= MIN_CHIP_SIZE else
+            fits = min(height, width) // MIN_CHIP_SIZE * MIN_CHIP_SIZE
+            fix = (f"lower --chip-size to {fits} px or less (a multiple of {MIN_CHIP_SIZE})" if fits else
                    f"train on rasters at least {MIN_CHIP_SIZE} px on each side")
             raise InputError(f"{Path(raster.path).name} ({width} x {height} px) is smaller than one chip "
                              f"({chip_size} px); {fix}")

@@ -418,7 +418,7 @@ def test_a_raster_smaller_than_one_chip_is_told_what_can_work(tmp_path):
     narrow = label_raster(write_raster(tmp_path / "narrow.tif", scene(64)[:, :40, :], descriptions=BAND_NAMES),
                           polygons, model_bands=DEFAULT_MODEL_BANDS)
     with pytest.raises(InputError, match=r"narrow.tif \(64 x 40 px\) is smaller than one chip \(64 px\); lower "
-                                         r"--chip-size to 40 px or less"):
+                                         r"--chip-size to 32 px or less \(a multiple of 16\)"):
         build_chip_index([narrow], chip_size=64)
     strip = label_raster(write_raster(tmp_path / "strip.tif", scene(64)[:, :1, :], descriptions=BAND_NAMES),
                          polygons, model_bands=DEFAULT_MODEL_BANDS)
