@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.windows
 import torch
 from rasterio.features import geometry_mask
@@ -225,7 +226,12 @@ class TileReader:
         valid = np.empty((len(places), height, width), dtype=bool)
         for k, (row, col) in enumerate(places):
             window = Window(self.region.col_off + col, self.region.row_off + row, width, height)
-            tile = src.read(self.band_index, window=window, out_dtype="float32")
+            try:
+                tile = src.read(self.band_index, window=window, out_dtype="float32")
+            except rasterio.errors.RasterioIOError as error:
+                raise InputError(f"cannot read {Path(self.src_path).name} at pixel rows {window.row_off}-"
+                                 f"{window.row_off + height - 1}: {str(error).splitlines()[0][:160]}; the file is "
+                                 "damaged or incomplete: copy or download it again") from error
             tile_valid = valid_pixels(src, self.band_index, tile, window)
             if self.exclude:
                 tile_valid &= geometry_mask(self.exclude, (height, width), src.window_transform(window))
@@ -362,7 +368,8 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     ``precision``: "auto" (see :func:`autocast_for`) or "float32". ``workers``: model calls run at once, sharing
     the CPU threads (default: :func:`device.inference_workers`). ``exclude``: shapely polygons in the raster's CRS
     whose pixels are nodata in the outputs (and skip the model).
-    Raises InputError when no pixel of the region has data, Cancelled when ``is_canceled()`` turns True.
+    Raises InputError when no pixel of the region has data or the raster cannot be read, Cancelled when
+    ``is_canceled()`` turns True; a run that fails or is cancelled removes its output files.
     """
     spec = bundle.spec
     tile = int(tile or spec.tile_size)
@@ -380,6 +387,20 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     grid = TileGrid.over(int(region.height), int(region.width), tile, overlap, bundle.net.stride)
     reader = TileReader(src_path, grid, region, band_index, radiometry.scale, radiometry.offset,
                         spec.norm_mean, spec.norm_std, bundle.net.stride, batch, exclude)
+    try:
+        _run_tiles(reader, bundle, info, grid, grid_profile, prob_path, mask_path, threshold, prob_format, precision,
+                   workers, exclude, progress, is_canceled)
+    except BaseException:  # a failed or cancelled run leaves no output that looks complete
+        for path in (prob_path, mask_path):
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
+        raise
+
+
+def _run_tiles(reader, bundle, info, grid, grid_profile, prob_path, mask_path, threshold, prob_format, precision,
+               workers, exclude, progress, is_canceled):
+    """predict_raster's work: tiles read, predicted (``workers`` calls at once), blended and written."""
+    batch = reader.batch
     stop = threading.Event()
     batches = _Pipe(PREFETCH_BATCHES, stop)
     reader_thread = _Worker(lambda: _feed(reader, batches), stop)

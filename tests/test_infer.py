@@ -239,10 +239,11 @@ def test_window_output_is_on_the_cropped_grid(make_raster, tmp_path):
 def test_cancel_stops_the_run_and_progress_is_reported(make_raster, tmp_path):
     src = make_raster("in.tif", random_dn((3, 200, 200)))
     calls = []
-    with pytest.raises(Cancelled, match="cancelled"):
+    with pytest.raises(Cancelled, match="cancelled; no output was written"):
         predict(src, pixel_bundle(), tmp_path / "prob.tif", batch=1, band_index=[1, 2, 3],
-                is_canceled=lambda: len(calls) >= 3, progress=calls.append)
+                mask_path=tmp_path / "mask.tif", is_canceled=lambda: len(calls) >= 3, progress=calls.append)
     assert len(calls) == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.tif"]  # rows written before the cancel: gone
 
     predict(src, pixel_bundle(), tmp_path / "prob2.tif", band_index=[1, 2, 3], progress=calls.append)
     assert calls[3:] == sorted(calls[3:]) and calls[-1] == pytest.approx(100.0)
@@ -358,3 +359,14 @@ def test_the_inference_copy_drops_layers_whose_output_is_never_used():
         torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), net(x), atol=1e-4,
                                    rtol=1e-4)
     assert count_parameters(fast) < count_parameters(fuse(net)) / 2
+
+
+def test_a_raster_whose_data_cannot_be_read_is_an_input_error_and_leaves_nothing(make_raster, tmp_path):
+    """A file whose header is fine but whose data is cut off (a broken download): one clear error, no outputs."""
+    src = make_raster("in.tif", random_dn((3, 200, 200)))
+    damaged = tmp_path / "damaged.tif"
+    damaged.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"cannot read damaged.tif at pixel rows .*; the file is damaged or "
+                                         r"incomplete: copy or download it again"):
+        predict(damaged, pixel_bundle(), tmp_path / "prob.tif", band_index=[1, 2, 3], mask_path=tmp_path / "m.tif")
+    assert not (tmp_path / "prob.tif").exists() and not (tmp_path / "m.tif").exists()
