@@ -154,6 +154,8 @@ def save_bundle(path, net, spec, *, overwrite=False):
 
 def _open(path):
     path = Path(path)
+    if path.is_dir():
+        raise BundleError(f"model {path} is a folder; choose a .safetensors model bundle file in it")
     if not path.is_file():
         raise BundleError(f"model file {path} does not exist; choose an existing .safetensors model bundle")
     try:

@@ -37,6 +37,8 @@ def test_save_refuses_to_overwrite_and_leaves_no_temp(tmp_path, tiny_bundle):
 def test_missing_file(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope.safetensors")
+    with pytest.raises(BundleError, match="is a folder; choose a .safetensors model bundle file in it"):
+        load_bundle(tmp_path)
 
 
 def test_truncated_file(tmp_path, tiny_bundle_path):
