@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import defaults
-from .errors import Cancelled, MineC2FError
+from .errors import Cancelled, InputError, MineC2FError
 
 
 def add_segment_command(subparsers):
@@ -153,7 +153,9 @@ def _add_training_arguments(parser, run_defaults):
     _add_radiometry_arguments(parser, "for every --raster (default: from each raster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.set_defaults(min_steps_per_epoch=run_defaults["min_steps_per_epoch"])
+    parser.set_defaults(min_steps_per_epoch=run_defaults["min_steps_per_epoch"],
+                        interrupted="interrupted; an epoch that finished left its best model at --out, and the same "
+                                    "command with --resume continues the run")
 
 
 def add_train_command(subparsers):
@@ -190,6 +192,10 @@ def add_finetune_command(subparsers):
                              f"knows about ground your rasters lack; 0: none (default {defaults.REHEARSAL_SCENES})")
     parser.add_argument("--freeze-encoder", action="store_true",
                         help="train the decoder and head only; the teacher's encoder (its features) stays as it is")
+    parser.add_argument("--coarse-raster", action="append", default=[], metavar="R.tif",
+                        help="method joint only: a raster of the teacher's coarse data (repeatable)")
+    parser.add_argument("--coarse-polygons", metavar="COARSE.gpkg",
+                        help="method joint only: the coarse polygons over the --coarse-raster rasters")
     parser.set_defaults(handler=run_finetune)
 
 
@@ -231,6 +237,10 @@ def run_finetune(args):
     from .train import finetune_student
 
     config, options = _training_call(args)
+    if args.coarse_raster or args.coarse_polygons:
+        if config.method != "joint" or not (args.coarse_raster and args.coarse_polygons):
+            raise InputError("--coarse-raster and --coarse-polygons go together, with --method joint only")
+        options["coarse"] = (args.coarse_raster, args.coarse_polygons)
     _report_training(finetune_student(args.teacher, args.raster, args.polygons, args.out, config=config, **options))
 
 
@@ -246,7 +256,6 @@ def add_evaluate_command(subparsers):
 
 
 def run_evaluate(args):
-    from .errors import InputError
     from .metrics import evaluate_mask_raster
 
     for path in (args.prediction, args.reference):
@@ -276,8 +285,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (Cancelled, KeyboardInterrupt):
-        print("cancelled; no output was written", file=sys.stderr)
+    except Cancelled as error:
+        print(error, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(getattr(args, "interrupted", "interrupted; no output was written"), file=sys.stderr)
         return 130
     except MineC2FError as error:
         print(f"error: {error}", file=sys.stderr)

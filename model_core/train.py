@@ -575,7 +575,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
         config = replace(config, method=method)
     if config.method == "joint":
         if coarse is None:
-            raise InputError("method joint needs the coarse rasters and polygons too")
+            raise InputError("method joint mixes in the teacher's coarse data: give its rasters and polygons too "
+                             "(--coarse-raster, --coarse-polygons)")
         coarse_data = chip_datasets(config, coarse[0], coarse[1], bands, norm=norm)
         data = _mix(data, coarse_data)
     torch.manual_seed(config.seed)

@@ -64,6 +64,29 @@ def test_cancel_exits_130(monkeypatch, scene, tmp_path, capsys):
     assert "cancelled" in capsys.readouterr().err
 
 
+def test_interrupted_training_says_what_is_kept_and_how_to_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("model_core.train.finetune_student", interrupted)
+    args = ["finetune", "--teacher", "t.safetensors", "--raster", "r.tif", "--polygons", "p.gpkg",
+            "--out", "s.safetensors"]
+    assert cli.main(args) == 130
+    assert "best model at --out, and the same command with --resume continues" in capsys.readouterr().err
+
+
+def test_joint_takes_the_coarse_data_from_its_own_options(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("model_core.train.finetune_student", lambda *args, **kwargs: calls.append(kwargs) or 1 / 0)
+    args = ["finetune", "--teacher", "t.safetensors", "--raster", "r.tif", "--polygons", "p.gpkg",
+            "--out", "s.safetensors"]
+    assert cli.main(args + ["--coarse-raster", "c.tif"]) == 1
+    assert "--coarse-raster and --coarse-polygons go together, with --method joint only" in capsys.readouterr().err
+    with pytest.raises(ZeroDivisionError):
+        cli.main(args + ["--method", "joint", "--coarse-raster", "c1.tif", "--coarse-raster", "c2.tif",
+                         "--coarse-polygons", "c.gpkg"])
+    assert calls[0]["coarse"] == (["c1.tif", "c2.tif"], "c.gpkg")
+
+
 def test_module_entry_point_lists_commands():
     result = subprocess.run([sys.executable, "-m", "model_core", "--help"], capture_output=True, text=True,
                             check=True)
