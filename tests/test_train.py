@@ -251,6 +251,15 @@ def test_existing_output_is_refused_and_kept(domains, teacher, tmp_path):
     assert list(folder.iterdir()) == []
 
 
+
+def test_output_folder_without_write_permission_is_refused_before_training(domains, tmp_path, monkeypatch):
+    images, polygons = domains["coarse"]
+    monkeypatch.setattr("model_core.errors.os.access", lambda path, mode: False)  # root may write anywhere
+    with pytest.raises(OutputError, match="folder .* is not writable; choose another --out"):
+        train_teacher(images, polygons, tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_without_a_checkpoint_says_it_starts_from_scratch(domains, tmp_path):
     images, polygons = domains["coarse"]
     lines = []
@@ -272,6 +281,19 @@ def test_disk_full_is_an_output_error_and_leaves_no_partial_file(domains, tmp_pa
         train_teacher(images, polygons, tmp_path / "t.safetensors",
                       config=TrainConfig(epochs=1, steps_per_epoch=1, **CHIPS))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_full_while_writing_the_checkpoint_names_the_cause(domains, tmp_path, monkeypatch):
+    images, polygons = domains["coarse"]
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("model_core.train.save_resume", no_space)
+    with pytest.raises(OutputError, match="cannot write the training log or checkpoint next to .*t.safetensors: No "
+                                          "space left on device; free disk space"):
+        train_teacher(images, polygons, tmp_path / "t.safetensors",
+                      config=TrainConfig(epochs=1, steps_per_epoch=1, **CHIPS))
 
 
 def test_teacher_bands_missing_from_the_raster(domains, teacher, make_raster, tmp_path):
