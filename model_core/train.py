@@ -334,6 +334,8 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
             repeat += 1
             for item in loader:
                 if is_canceled():
+                    if state["history"]:  # the curves of the epochs that finished, beside the log and best model
+                        _plot_curves(curves_path, state["history"], log)
                     kept = f"the best model so far is in {out.name}" if state["best_epoch"] else "no model was written"
                     raise Cancelled(f"training cancelled in epoch {epoch}; {kept}, and the run resumes from "
                                     f"{checkpoint.name} with --resume")

@@ -167,6 +167,7 @@ def test_cancel_mid_epoch_keeps_the_last_good_bundle_and_resumes(domains, tmp_pa
         train_teacher(images, polygons, out, config=config, is_canceled=cancel_in_epoch_two)
     assert load_bundle(out).spec.metrics["best_epoch"] == 1      # usable
     assert training.resume_path(out).exists()
+    assert out.with_suffix(".log.csv").exists() and out.with_suffix(".curves.png").exists()  # epoch 1's curves
     lines = []
     result = train_teacher(images, polygons, out, config=config, resume=True, log=lines.append)
     assert any("resumed" in line and "epoch 1" in line for line in lines)
