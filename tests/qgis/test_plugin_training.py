@@ -303,3 +303,26 @@ def test_errors_are_named_in_dock_terms(plugin):
     assert in_dock_terms("OUTPUT_MASK: x.tif is not writable (CRS EPSG:32633); check BANDS", algorithm) == \
         "Output folder: x.tif is not writable (CRS EPSG:32633); check the band table"  # not parameters: unchanged
     assert in_dock_terms("lower TILE_SIZE", algorithm).startswith("lower 'Tile size")
+
+
+def test_dock_cancel_keeps_the_best_epoch_as_a_model_or_writes_none(dock):
+    dock.polygons_box.setLayer(QgsProject.instance().mapLayersByName("Digitised footprints")[0])
+    dock.model_name.setText("early")
+    dock.finetune_button.click()
+    dock.cancel()
+    wait_for_task(dock, timeout=90)
+    assert dock.status.text() == "Cancelled; no model was written.", dock.status.text()
+
+    dock.model_name.setText("halfway")
+    dock.epochs_box.setValue(3)
+    dock.finetune_button.click()
+    model = models.user_models_dir() / "halfway.safetensors"
+    deadline = time.monotonic() + 120
+    while not model.exists() and dock.task is not None:  # the first epoch's best model
+        assert time.monotonic() < deadline
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+    dock.cancel()
+    wait_for_task(dock, timeout=90)
+    assert dock.status.text() == "Cancelled; the best model so far is kept as halfway.", dock.status.text()
+    assert dock.current_model().path == model and dock.finetune_button.isEnabled()
