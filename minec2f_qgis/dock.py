@@ -20,11 +20,13 @@ from model_core import defaults
 from . import dependencies, models
 from .algorithms.common import DEVICES, in_parameter_terms, layer_file
 from .algorithms.finetune_student import DEFAULT_METHOD, FinetuneStudentAlgorithm
+from .algorithms.train_teacher import TrainTeacherAlgorithm
 from .layers import add_results
 from .models import available_models, model_card
 
 ALGORITHM_ID = "minec2f:segment"
 FINETUNE_ID = "minec2f:finetune_student"
+TEACHER_ID = "minec2f:train_teacher"
 # The algorithms' parameters as the dock's fields are labelled, for the errors a run reports.
 DOCK_FIELDS = {"INPUT": "Raster", "RASTERS": "Raster", "MODEL": "Model", "TEACHER": "Model",
                "BANDS": "the band table", "SCALE": "Reflectance scale", "OFFSET": "Reflectance offset",
@@ -250,10 +252,23 @@ class MineC2FDock(QgsDockWidget):
         self.model_name = QLineEdit()
         self.model_name.setPlaceholderText("automatic: <raster>_finetuned")
         form.addRow("New model name", self.model_name)
+        self.teacher_box = QCheckBox("train a new teacher from scratch instead")
+        self.teacher_box.setToolTip("For many coarse polygons (a mining inventory) over your rasters: a new model "
+                                    "that starts from nothing (hours on a CPU) and reads the bands blue, green, red, "
+                                    "NIR, SWIR1, SWIR2; fine-tune it on precise polygons afterwards.")
+        self.teacher_box.toggled.connect(self.training_mode_changed)
+        form.addRow(self.teacher_box)
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.clicked.connect(self.finetune)
         form.addRow(self.finetune_button)
         return box
+
+    def training_mode_changed(self, teacher):
+        """Fine-tune the selected model, or train a teacher from scratch: defaults and labels follow the choice."""
+        algorithm = TrainTeacherAlgorithm if teacher else FinetuneStudentAlgorithm
+        self.epochs_box.setValue(algorithm.DEFAULTS["epochs"])
+        self.model_name.setPlaceholderText(f"automatic: <raster>_{'teacher' if teacher else 'finetuned'}")
+        self.finetune_button.setText("Train teacher" if teacher else "Fine-tune")
 
     def _fill_devices(self):
         from model_core.device import resolve_device
@@ -379,7 +394,8 @@ class MineC2FDock(QgsDockWidget):
 
     def finetune_parameters(self):
         """minec2f:finetune_student parameters: the selected model as teacher, the selected raster and band
-        mapping, the digitised footprints; the new model is written to the user models folder."""
+        mapping, the digitised footprints; the new model is written to the user models folder. With "train a new
+        teacher" ticked, minec2f:train_teacher's: no teacher, and the band table only if it is for the same bands."""
         input_path, entry = self.inputs()
         polygons = self.polygons_box.currentLayer()
         if polygons is None:
@@ -391,7 +407,8 @@ class MineC2FDock(QgsDockWidget):
         if not name:
             number = 1
             while True:
-                name = f"{input_path.stem}_finetuned" + (f"_{number}" if number > 1 else "")
+                name = (f"{input_path.stem}_{'teacher' if self.teacher_box.isChecked() else 'finetuned'}"
+                        + (f"_{number}" if number > 1 else ""))
                 if not (folder / f"{name}.safetensors").exists():
                     break
                 number += 1
@@ -400,11 +417,17 @@ class MineC2FDock(QgsDockWidget):
         elif (folder / f"{name}.safetensors").exists():
             raise QgsProcessingException(f"a model named '{name}' exists already; choose another name")
         extent = self.extent_box.currentLayer()
-        return {"TEACHER": str(entry.path), "RASTERS": [str(input_path)], "POLYGONS": polygons.id(),
-                "EXTENT": extent.id() if extent is not None else None, "METHOD": DEFAULT_METHOD,
-                "EPOCHS": self.epochs_box.value(), "BANDS": self.band_mapping_text(),
-                "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
-                "OUTPUT_MODEL": str(folder / f"{name}.safetensors"), **self.radiometry_choice()}
+        parameters = {"RASTERS": [str(input_path)], "POLYGONS": polygons.id(),
+                      "EXTENT": extent.id() if extent is not None else None, "EPOCHS": self.epochs_box.value(),
+                      "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
+                      "OUTPUT_MODEL": str(folder / f"{name}.safetensors"), **self.radiometry_choice()}
+        if not self.teacher_box.isChecked():
+            return {**parameters, "TEACHER": str(entry.path), "METHOD": DEFAULT_METHOD,
+                    "BANDS": self.band_mapping_text()}
+        from model_core.bands import DEFAULT_MODEL_BANDS
+
+        same_bands = [band.name for band in entry.spec.band_list()] == [band.name for band in DEFAULT_MODEL_BANDS]
+        return {**parameters, "BANDS": self.band_mapping_text() if same_bands else ""}
 
     def run(self):
         """Start minec2f:segment as a background task (QGIS stays responsive)."""
@@ -417,13 +440,16 @@ class MineC2FDock(QgsDockWidget):
         self.start(ALGORITHM_ID, parameters, "Segmenting...", self.segmented)
 
     def finetune(self):
-        """Start minec2f:finetune_student as a background task, into the user models folder."""
+        """Start minec2f:finetune_student (or train_teacher) as a background task, into the user models folder."""
         try:
             parameters = self.finetune_parameters()
         except QgsProcessingException as error:
             self.show_error(error.args[0] if error.args else str(error))
             return
-        self.start(FINETUNE_ID, parameters, "Fine-tuning (minutes to hours on a CPU)...", self.finetuned)
+        if self.teacher_box.isChecked():
+            self.start(TEACHER_ID, parameters, "Training a teacher (hours on a CPU)...", self.finetuned)
+        else:
+            self.start(FINETUNE_ID, parameters, "Fine-tuning (minutes to hours on a CPU)...", self.finetuned)
 
     def start(self, algorithm_id, parameters, message, done):
         """Run ``algorithm_id`` as a background task; ``done(results, parameters)`` follows success (results)

@@ -64,7 +64,7 @@ def test_run_adds_styled_results_in_a_group_named_after_the_input(dock, tmp_path
     wait_for_task(dock)
     assert (tmp_path / "results" / "known_scene_2_footprints.gpkg").exists()
 
-    dock.resize(440, 1600)  # tall enough for the result summary below the collapsed Fine-tune section
+    dock.resize(440, 1700)  # tall enough for the result summary below the collapsed Fine-tune section
     image = dock.grab()
     assert not image.isNull()
     image.save(os.environ.get("MINEC2F_DOCK_SCREENSHOT", str(tmp_path / "dock.png")))

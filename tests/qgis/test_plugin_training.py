@@ -326,3 +326,28 @@ def test_dock_cancel_keeps_the_best_epoch_as_a_model_or_writes_none(dock):
     wait_for_task(dock, timeout=90)
     assert dock.status.text() == "Cancelled; the best model so far is kept as halfway.", dock.status.text()
     assert dock.current_model().path == model and dock.finetune_button.isEnabled()
+
+
+def test_dock_trains_a_teacher_from_scratch_when_asked(dock, tmp_path):
+    from model_core import defaults
+    from model_core.synthetic import make_scene, write_scene
+
+    paths = write_scene(make_scene(576, seed=5, mines=3), tmp_path / "inventory", "inventory")  # 256 px chips
+    raster = QgsRasterLayer(str(paths["image"]), "Inventory area")
+    outlines = QgsVectorLayer(str(paths["coarse_polygons"]), "Inventory outlines", "ogr")
+    QgsProject.instance().addMapLayers([raster, outlines])
+    dock.layer_box.setLayer(raster)
+    dock.polygons_box.setLayer(outlines)
+    dock.teacher_box.setChecked(True)
+    assert dock.epochs_box.value() == defaults.TEACHER["epochs"] and dock.finetune_button.text() == "Train teacher"
+    parameters = dock.finetune_parameters()
+    assert "TEACHER" not in parameters and "METHOD" not in parameters
+    assert parameters["BANDS"] == dock.band_mapping_text()  # the selected model reads the teacher's bands
+    dock.epochs_box.setValue(1)
+    dock.finetune_button.click()
+    assert dock.task is not None and dock.algorithm.id() == "minec2f:train_teacher"
+    wait_for_task(dock, timeout=240)
+    assert "New model inventory_teacher" in dock.status.text(), dock.status.text()
+    assert dock.current_model().spec.role == "teacher"
+    dock.teacher_box.setChecked(False)
+    assert dock.epochs_box.value() == defaults.STUDENT["epochs"] and dock.finetune_button.text() == "Fine-tune"
