@@ -114,6 +114,13 @@ def inference_net(net, info):
     return net.to(info.device, memory_format=torch.channels_last).eval()
 
 
+def tiling(spec, tile=None, overlap=None):
+    """(tile, overlap) in px: an unset tile is the model's, an unset overlap the model's but at most a quarter of the
+    tile (so that a smaller tile alone works)."""
+    tile = spec.tile_size if tile is None else int(tile)
+    return tile, min(spec.overlap, tile // 4) if overlap is None else int(overlap)
+
+
 def tile_count(length, tile, overlap):
     """Tiles of size ``tile`` needed to cover ``length`` with at least ``overlap`` overlap."""
     return 1 if length <= tile else math.ceil((length - tile) / (tile - overlap)) + 1
@@ -372,8 +379,7 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     ``is_canceled()`` turns True; a run that fails or is cancelled removes its output files.
     """
     spec = bundle.spec
-    tile = int(tile or spec.tile_size)
-    overlap = int(spec.overlap if overlap is None else overlap)
+    tile, overlap = tiling(spec, tile, overlap)
     threshold = float(spec.threshold if threshold is None else threshold)
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)

@@ -27,7 +27,7 @@ from .bundle import Bundle, load_bundle
 from .data import overlapping, read_polygons, reproject_polygons
 from .device import resolve_device
 from .errors import InputError, OutputError, write_error
-from .infer import PRECISIONS, predict_raster
+from .infer import PRECISIONS, predict_raster, tiling
 from .rasters import PROB_FORMATS
 from .vectorize import check_crs_convertible, polygonize
 
@@ -240,12 +240,10 @@ def window_for_bounds(src, bounds):
 
 
 def _check_parameters(spec, tile, overlap, batch, threshold, min_area_ha):
-    """Checked (tile, overlap, threshold, min_area_ha); an unset tile is the model's, an unset overlap the model's
-    but at most a quarter of the tile (so that a smaller --tile alone works)."""
-    tile = spec.tile_size if tile is None else int(tile)
+    """Checked (tile, overlap, threshold, min_area_ha); unset tiling as :func:`infer.tiling` sets it."""
+    tile, overlap = tiling(spec, tile, overlap)
     if tile < 32:
         raise InputError(f"tile size {tile} is too small; give --tile 32 or more (256-512 px is typical)")
-    overlap = min(spec.overlap, tile // 4) if overlap is None else int(overlap)
     if not 0 <= overlap <= tile // 2:
         raise InputError(f"overlap {overlap} must be between 0 and half the tile size ({tile // 2}); change "
                          "--overlap or --tile")
