@@ -81,6 +81,7 @@ class DomainShift:
     noise: float = 0.006            # sensor noise, reflectance units
     spectral_jitter: float = 0.0    # each material's spectrum x U(1-j, 1+j) per band: other spectral libraries
     dark_mines: float = 0.0         # share of mines dug in dark ground (coal, shale); adds dark negatives
+    mine_size: float = 1.0          # scales mines' radius (1.0: 5-16 % of the scene's shorter side)
 
     def band_gain(self):
         gain = np.asarray(self.gain, dtype=np.float32)
@@ -213,12 +214,12 @@ def _paint_dark_negatives(rng, kinds, rows, cols):
         kinds[sea] = CLASSES.index("turbid_water" if rng.random() < 0.5 else "water")
 
 
-def _paint_mine(rng, kinds, terrace, shape, dark=False):
-    """Paint one mine's parts on ``kinds`` (and bench phase on ``terrace``), its pit and dumps in coal if ``dark``;
-    returns its fine footprint."""
+def _paint_mine(rng, kinds, terrace, shape, dark=False, scale=1.0):
+    """Paint one mine's parts on ``kinds`` (and bench phase on ``terrace``), its pit and dumps in coal if ``dark``,
+    its radius ``scale`` x 5-16 % of the scene's shorter side; returns its fine footprint."""
     pit_class, dump_class = ("coal_pit", "coal_dump") if dark else ("pit", "waste_dump")
     size = min(shape)
-    radius = rng.uniform(0.05, 0.16) * size
+    radius = min(rng.uniform(0.05, 0.16) * scale, 0.45) * size
     centre = np.array([rng.uniform(radius, shape[0] - radius), rng.uniform(radius, shape[1] - radius)])
     footprint = np.zeros(shape, dtype=bool)
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
@@ -345,7 +346,7 @@ def make_scene(size=512, seed=0, pixel_size=10.0, crs="EPSG:32633", shift=Domain
     count = int(rng.choice([0, 1, 1, 2, 2, 3])) if mines is None else int(mines)
     for _ in range(count):
         dark = bool(shift.dark_mines) and rng.random() < shift.dark_mines
-        mine = _paint_mine(rng, kinds, terrace, shape, dark)
+        mine = _paint_mine(rng, kinds, terrace, shape, dark, shift.mine_size)
         fine |= mine
         coarse |= _coarse_outline(rng, mine, shape, pixel_size)
     reflectance = _reflectance(rng, kinds, terrace, shift)

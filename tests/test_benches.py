@@ -1,4 +1,4 @@
-"""The inference benchmarks run and print their figures (at toy sizes here: the figures themselves are measured by
+"""The inference and mine-size benchmarks run and print their figures (at toy sizes here: the figures themselves are measured by
 running the scripts as the README says, not asserted)."""
 
 import re
@@ -28,3 +28,10 @@ def test_memory_bench_prints_peak_rss_per_size():
     rows = re.findall(r"^\s+(\d+)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+([\d.]+)x$", out, re.MULTILINE)
     assert [int(size) for size, _, _ in rows] == [256, 512], out
     assert all(float(rss) > 0 for _, rss, _ in rows) and float(rows[0][2]) == 1.0, out
+
+
+def test_mine_size_bench_prints_scores_per_size():
+    out = run_bench("bench/mine_size.py", "--sizes", "1", "2", "--scenes", "1")
+    rows = re.findall(r"^\S+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
+    assert [float(row[0]) for row in rows] == [1.0, 2.0], out
+    assert all(0 <= float(value) <= 1 for row in rows for value in row[1:]), out

@@ -86,6 +86,17 @@ def test_dark_mines_are_coal_inside_the_footprint_and_bring_dark_negatives():
     assert not np.isin(plain.kinds, [CLASSES.index(name) for name in DARK_CLASSES]).any()
 
 
+def test_mine_size_scales_the_mines_and_leaves_the_land(scene):
+    big = make_scene(256, seed=7, mines=2, shift=DomainShift(mine_size=2.0))
+    pit = CLASSES.index("pit")
+    assert 2.5 < big.fine.sum() / scene.fine.sum() < 5  # twice the radius: about four times the area
+    assert (big.kinds == pit).sum() > 3 * (scene.kinds == pit).sum()
+    land = (big.fine == 0) & (scene.fine == 0) & (big.coarse == 0) & (scene.coarse == 0)
+    assert np.array_equal(big.kinds[land], scene.kinds[land])
+    huge = make_scene(128, seed=7, mines=1, shift=DomainShift(mine_size=5.0))
+    assert huge.fine.mean() < 0.95  # capped below half the scene, so that a centre can be drawn
+
+
 def test_no_mines_means_empty_labels():
     scene = make_scene(128, seed=5, mines=0)
     assert scene.fine.sum() == 0 and scene.coarse.sum() == 0
