@@ -93,7 +93,9 @@ def add_export_chips_command(subparsers):
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="new folder for the chips")
     parser.add_argument("--chip-size", type=int, default=defaults.TEACHER["chip_size"], metavar="N")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: the chip size)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, metavar="F")
+    parser.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION, metavar="F",
+                        help="share of the chips put in the validation split, by location; 0: none "
+                             "(default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="export only this bundle's bands (default: all bands)")
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band (with --model)")
@@ -139,6 +141,9 @@ def _add_training_arguments(parser, run_defaults):
                         help="chip side in pixels (default %(default)s)")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: half the chip size)")
     parser.add_argument("--max-chips", type=int, metavar="N", help="budget of training chips")
+    parser.add_argument("--val-fraction", type=float, default=defaults.VAL_FRACTION, metavar="F",
+                        help="share of the chips held out by location for validation, which picks the best epoch "
+                             "and its threshold (default %(default)s)")
     parser.add_argument("--steps-per-epoch", type=int, metavar="N",
                         help="optimiser steps per epoch (default: one pass over the training chips, at least "
                              f"{run_defaults['min_steps_per_epoch']})")
@@ -206,7 +211,7 @@ def _training_call(args):
     fields = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "chip_size": args.chip_size,
               "stride": args.stride, "max_chips": args.max_chips, "steps_per_epoch": args.steps_per_epoch,
               "min_steps_per_epoch": args.min_steps_per_epoch, "patience": args.patience, "seed": args.seed,
-              "device": args.device, "gain_jitter": args.gain_jitter}
+              "device": args.device, "gain_jitter": args.gain_jitter, "val_fraction": args.val_fraction}
     for name in ("method", "lambda_feat", "lambda_pred", "temperature", "rehearsal_scenes", "freeze_encoder"):
         if hasattr(args, name):
             fields[name] = getattr(args, name)

@@ -46,6 +46,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from . import defaults
 from .bands import Band, Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
 from .rasters import valid_pixels
@@ -294,8 +295,8 @@ def chip_origins(length, chip_size, stride):
     return origins
 
 
-def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, block_chips=4, seed=0,
-                     min_valid_fraction=0.25, min_train_chips=1):
+def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=defaults.VAL_FRACTION, block_chips=4,
+                     seed=0, min_valid_fraction=0.25, min_train_chips=1):
     """All chips of ``rasters`` (LabelledRaster list) with at least ``min_valid_fraction`` labelled pixels, each
     with its statistics and a spatial train/val split (see the module docstring) that leaves at least
     ``min_train_chips`` training chips if it can (on a small raster less than ``val_fraction`` then goes to
@@ -303,6 +304,9 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
     stride = stride or chip_size
     if chip_size <= 0 or stride <= 0:
         raise InputError(f"chip size ({chip_size}) and stride ({stride}) must be positive; pass e.g. 256 and 128")
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"--val-fraction {val_fraction} is not a share of the chips; pass at least 0 and below 1 "
+                         f"(e.g. {defaults.VAL_FRACTION})")
     chips = []
     for number, raster in enumerate(rasters):
         height, width = raster.shape
@@ -338,8 +342,8 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=0.2, b
                 candidates.append((balance, split))
         if candidates:
             return max(candidates, key=lambda candidate: candidate[0])[1]  # the first of the most balanced
-    raise InputError(f"only {len(chips)} chips: too few for a spatial train/validation split; add rasters, lower "
-                     "--chip-size, or pass --val-fraction 0")
+    raise InputError(f"only {len(chips)} chips: too few for a spatial train/validation split; add rasters or lower "
+                     "--chip-size (or, to export chips without validation, pass --val-fraction 0)")
 
 
 def footprint_balance(chips, split, val_fraction):
@@ -632,10 +636,10 @@ def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapp
     return labelled, footprints, extent_polygons
 
 
-def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256, stride=None, val_fraction=0.2,
-                   seed=0, max_chips=None, batch_size=8, norm=None, band_mapping=None, scale=None, offset=None,
-                   augment=Augment(), footprint_share=0.5, hard_negative_weight=2.0, block_chips=4,
-                   polygon_layer=None, extent_layer=None, log=None):
+def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256, stride=None,
+                   val_fraction=defaults.VAL_FRACTION, seed=0, max_chips=None, batch_size=8, norm=None,
+                   band_mapping=None, scale=None, offset=None, augment=Augment(), footprint_share=0.5,
+                   hard_negative_weight=2.0, block_chips=4, polygon_layer=None, extent_layer=None, log=None):
     """Train/val datasets from CLI-style arguments (raster paths, polygon and extent paths, model bands ...).
 
     ``norm``: (mean, std) to reuse (e.g. the teacher's when fine-tuning); default: computed from the rasters.
@@ -697,9 +701,10 @@ INDEX_FIELDS = ["image", "mask", "split", "raster", "row", "col", "positive_frac
                 "hard_negative", "scale", "offset"]
 
 
-def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=None, *, val_fraction=0.2,
-                 block_chips=4, seed=0, model_bands=None, band_mapping=None, scale=None, offset=None,
-                 overwrite=False, polygon_layer=None, extent_layer=None, progress=None, is_canceled=None, log=None):
+def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=None, *,
+                 val_fraction=defaults.VAL_FRACTION, block_chips=4, seed=0, model_bands=None, band_mapping=None,
+                 scale=None, offset=None, overwrite=False, polygon_layer=None, extent_layer=None, progress=None,
+                 is_canceled=None, log=None):
     """Write every chip as a georeferenced GeoTIFF pair, ``image/<name>.tif`` (the raster's DN of the selected
     bands: ``model_bands`` or all, with the reflectance scale/offset used as the bands' scale/offset metadata)
     and ``mask/<name>.tif`` (uint8 1/0, 255 = ignore), plus ``index.csv`` (:data:`INDEX_FIELDS`). ``scale``,

@@ -19,6 +19,9 @@ TEACHER = {"epochs": 30, "batch": 8, "lr": 1e-3, "chip_size": 256, "patience": 8
 # (bench/results/foreign_scenes.md), so it is an option (--gain-jitter), not the default
 STUDENT = {**TEACHER, "epochs": 5, "batch": 4, "lr": 3e-4, "chip_size": 128, "min_steps_per_epoch": 100}
 
+# share of the chips held out, by location, for validation: early stopping, the best epoch and its threshold
+VAL_FRACTION = 0.2
+
 LAMBDA_FEAT = 0.1  # 1.0 held the student to the coarse teacher's outlines
 LAMBDA_PRED = 1.0
 TEMPERATURE = 2.0

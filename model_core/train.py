@@ -79,7 +79,7 @@ class TrainConfig:
     patience: int = defaults.TEACHER["patience"]
     chip_size: int = defaults.TEACHER["chip_size"]
     stride: int = None              # default: half the chip size
-    val_fraction: float = 0.2
+    val_fraction: float = defaults.VAL_FRACTION  # > 0: validation picks the best epoch and its threshold
     max_chips: int = None
     steps_per_epoch: int = None     # default: one pass over the training chips, at least min_steps_per_epoch
     min_steps_per_epoch: int = defaults.TEACHER["min_steps_per_epoch"]
@@ -114,6 +114,10 @@ class TrainConfig:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise InputError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"--val-fraction {self.val_fraction}: training needs chips held out for validation (they "
+                             f"pick the best epoch and its threshold); pass above 0 and below 1, e.g. "
+                             f"{defaults.VAL_FRACTION}")
         if self.chip_size < 1 or self.chip_size % (2 ** self.encoder_depth):
             raise InputError(f"chip size {self.chip_size} must be a positive multiple of {2 ** self.encoder_depth} "
                              "(e.g. 128 or 256)")

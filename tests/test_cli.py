@@ -119,6 +119,12 @@ def test_an_epoch_is_at_least_the_commands_minimum_unless_set(command, run_defau
     for chip_size in (0, 100):
         with pytest.raises(InputError, match=f"chip size {chip_size} must be a positive multiple of 16"):
             type(config)(chip_size=chip_size).check()
+    assert config.val_fraction == defaults.VAL_FRACTION
+    config, _ = cli._training_call(cli.build_parser().parse_args([command, *required, "--val-fraction", "0.3"]))
+    assert config.val_fraction == 0.3
+    for val_fraction in (0, 1, -0.1):
+        with pytest.raises(InputError, match=f"--val-fraction {val_fraction}: training needs chips held out"):
+            type(config)(val_fraction=val_fraction).check()
 
 
 def test_landsat_level2_stack_with_its_thermal_band(make_raster, tiny_bundle_path, tmp_path, capsys):

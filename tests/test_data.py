@@ -243,9 +243,13 @@ def test_too_few_chips_for_a_split_is_refused(tmp_path, utm_raster):
     polygons = read_polygons(write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 20, 10, 20)]))
     raster = label_raster(utm_raster, polygons, model_bands=DEFAULT_MODEL_BANDS)
     assert len(build_chip_index([raster], 64, val_fraction=0)) == 1
-    with pytest.raises(InputError, match="only 1 chips: too few for a spatial train/validation split; .*"
+    with pytest.raises(InputError, match="only 1 chips: too few for a spatial train/validation split; add rasters "
+                                         "or lower --chip-size .*to export chips without validation, pass "
                                          "--val-fraction 0"):
         build_chip_index([raster], 64, val_fraction=0.2)
+    for val_fraction in (1.0, -0.1):
+        with pytest.raises(InputError, match=f"--val-fraction {val_fraction} is not a share of the chips"):
+            build_chip_index([raster], 64, val_fraction=val_fraction)
 
 
 def make_chips(footprint, background, hard):

@@ -14,7 +14,7 @@ GeoTIFF pairs, to inspect the labels or to train with other tools.
 {INPUTS_HELP}
 <b>Chip size / stride</b>: chip width in pixels and the step between chips (not set: the chip size, no overlap); \
 the last row and column of chips are flush with the raster edge. Chips with less than a quarter of labelled \
-pixels are skipped.
+pixels are skipped. <b>Validation share</b> (advanced): chips put in the validation split, by location (0: none).
 {RADIOMETRY_HELP} They are written to the chips' metadata and decide which chips count as hard negatives (bare \
 ground that is not a mine).
 <h3>Outputs</h3>
@@ -75,6 +75,7 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
         result = export_chips(
             self.rasters, self.polygons, self.output_folder(parameters, context), extent=self.extent,
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context), stride=stride,
+            val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
             **self.radiometry(parameters, context), overwrite=True,
             progress=feedback.setProgress, is_canceled=feedback.isCanceled, log=self.engine_log(feedback))
         return {self.OUTPUT_FOLDER: result.out_dir, self.CHIP_COUNT: result.train_count + result.val_count}

@@ -27,7 +27,8 @@ TRAINING_HELP = f"""<b>Epochs</b>: passes over the training chips, each at least
 student (so a few polygons train enough in a few epochs), unless <b>Steps per epoch</b> (advanced) sets it; \
 training stops early when the validation IoU has not improved for several epochs. <b>Batch size</b>: chips per \
 step; lower it when memory runs out or the polygons give too few chips. <b>Chip size</b>: square training \
-windows in pixels (a multiple of 16). <b>Learning rate</b>: AdamW step size, warmed up then decayed.
+windows in pixels (a multiple of 16). <b>Validation share</b> (advanced): chips held out by location to pick \
+the best epoch and its threshold, above 0. <b>Learning rate</b>: AdamW step size, warmed up then decayed.
 <b>Device</b>: Auto uses an NVIDIA GPU when PyTorch sees one; on a CPU expect minutes per epoch.
 <b>Band mapping</b> (advanced): raster band for each model band, e.g. <code>B02=1,B03=2,...</code>, for all \
 rasters. Empty: matched by band descriptions or standard band orders.
@@ -55,9 +56,10 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
     POLYGONS = "POLYGONS"
     EXTENT = "EXTENT"
     CHIP_SIZE = "CHIP_SIZE"
+    VAL_FRACTION = "VAL_FRACTION"
     POLYGONS_LABEL = "Footprint polygons"
     ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, "--raster": RASTERS, "--polygons": POLYGONS,
-                      "--extent": EXTENT, "--chip-size": CHIP_SIZE}
+                      "--extent": EXTENT, "--chip-size": CHIP_SIZE, "--val-fraction": VAL_FRACTION}
     DEFAULTS = defaults.TEACHER  # epochs, batch, lr, chip_size: as the command line's
 
     def add_data_parameters(self):
@@ -70,6 +72,9 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.CHIP_SIZE, "Chip size in pixels", QgsProcessingParameterNumber.Integer,
             defaultValue=self.DEFAULTS["chip_size"], minValue=32))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.VAL_FRACTION, "Validation share (chips held out by location)", QgsProcessingParameterNumber.Double,
+            defaultValue=defaults.VAL_FRACTION, minValue=0.0, maxValue=0.9)))
 
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
@@ -183,6 +188,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
             batch=self.parameterAsInt(parameters, self.BATCH, context),
             chip_size=self.parameterAsInt(parameters, self.CHIP_SIZE, context),
+            val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
             lr=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             steps_per_epoch=self.parameterAsInt(parameters, self.STEPS_PER_EPOCH, context) or None,
             min_steps_per_epoch=self.DEFAULTS["min_steps_per_epoch"], gain_jitter=self.DEFAULTS["gain_jitter"],

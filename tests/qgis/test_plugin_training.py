@@ -116,10 +116,10 @@ def test_training_defaults_are_the_command_lines(plugin, algorithm, command):
     definitions = QgsApplication.processingRegistry().algorithmById(algorithm)
     names = {"EPOCHS": "epochs", "BATCH": "batch", "LEARNING_RATE": "lr", "CHIP_SIZE": "chip_size",
              "LAMBDA_FEAT": "lambda_feat", "LAMBDA_PRED": "lambda_pred", "TEMPERATURE": "temperature",
-             "REHEARSAL_SCENES": "rehearsal_scenes", "FREEZE_ENCODER": "freeze_encoder"}
+             "REHEARSAL_SCENES": "rehearsal_scenes", "FREEZE_ENCODER": "freeze_encoder", "VAL_FRACTION": "val_fraction"}
     compared = {name: (definitions.parameterDefinition(name).defaultValue(), getattr(args, field))
                 for name, field in names.items() if definitions.parameterDefinition(name) is not None}
-    assert len(compared) == (4 if command == "train" else 9)
+    assert len(compared) == (5 if command == "train" else 10)
     assert all(processing == cli for processing, cli in compared.values()), compared
     if command == "finetune":
         from minec2f_qgis.algorithms.finetune_student import METHODS
@@ -181,6 +181,14 @@ def test_teacher_bands_the_raster_lacks_are_named(plugin, scene, tiny_bundle_pat
               POLYGONS=str(scene["fine_polygons"]), OUTPUT_MODEL=str(tmp_path / "student.safetensors"))
 
 
+def test_training_without_validation_is_refused_by_its_parameter_name(plugin, scene, tmp_path):
+    with pytest.raises(QgsProcessingException, match="^VAL_FRACTION 0.0: training needs chips held out for "
+                                                     "validation .* pass above 0 and below 1, e.g. 0.2$"):
+        train("train_teacher", RASTERS=[str(scene["image"])], POLYGONS=str(scene["coarse_polygons"]),
+              VAL_FRACTION=0, OUTPUT_MODEL=str(tmp_path / "teacher.safetensors"))
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("output, message", [("model.pt", "is not a .safetensors file"),
                                              ("teacher", "that is the teacher model")])
 def test_bad_output_model_fails_validation(plugin, scene, tiny_bundle_path, output, message):
@@ -202,7 +210,11 @@ def test_export_chips_writes_counted_pairs_and_replaces_only_an_earlier_export(p
     assert len(list((folder / "image").glob("*.tif"))) == len(list((folder / "mask").glob("*.tif"))) == 9
     assert {row["split"] for row in rows} == {"train", "val"}
 
-    results = processing.run("minec2f:export_chips", {**parameters, "STRIDE": 32, "OFFSET": -0.05})  # replaces it
+    processing.run("minec2f:export_chips", {**parameters, "VAL_FRACTION": 0})  # replaces it, all chips training
+    with open(folder / "index.csv") as stream:
+        assert [row["split"] for row in csv.DictReader(stream)] == ["train"] * 9
+
+    results = processing.run("minec2f:export_chips", {**parameters, "STRIDE": 32, "OFFSET": -0.05})
     with open(folder / "index.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert results["CHIP_COUNT"] == len(rows) > 9  # overlapping chips
