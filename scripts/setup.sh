@@ -25,10 +25,28 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 
-# Reinstall only when requirements.txt changed since the last successful install.
+# Install when requirements.txt changed since the last successful install, or when a requirement is missing
+# from the venv or no longer at its pinned version (removed or upgraded by hand since).
 stamp="$VENV/.requirements.sha256"
 want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+installed() {
+  "$VENV/bin/python" - "$ROOT/requirements.txt" <<'PY'
+import re, sys
+from importlib.metadata import PackageNotFoundError, version
+for line in open(sys.argv[1]):
+    requirement = line.split("#")[0].strip()
+    if not requirement:
+        continue
+    name, pin = re.match(r"([A-Za-z0-9_.-]+)\s*(?:==\s*([^,;\s]+))?", requirement).groups()
+    try:
+        found = version(name)
+    except PackageNotFoundError:
+        sys.exit(f"setup: {name} is missing from the venv")
+    if pin and found != pin:
+        sys.exit(f"setup: {name} {found} is installed, the requirements pin {pin}")
+PY
+}
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! installed; then
   echo "setup: installing Python requirements into $VENV (first run takes a few minutes)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt"
   echo "$want" > "$stamp"
