@@ -2,7 +2,7 @@
 ``DomainShift.mine_size`` times the generator's usual radius (5-16 % of the scene side, 26-82 px here), scored
 through the inference engine at each model's threshold, in float32.
 
-    .venv/bin/python bench/mine_size.py [--model BUNDLE ...] [--sizes 0.6 1 1.5 2 2.5] [--scenes 6]
+    .venv/bin/python bench/mine_size.py [--model BUNDLE ...] [--sizes 0.6 1 1.5 2 2.5] [--scenes 8]
 
 Real pits span 100 m to several km; a model that learnt one size of mine misses the insides of bigger ones. The
 scenes cycle through the generator's four landscapes, summer and dry season, with two mines each; their seeds are

@@ -1,5 +1,5 @@
-"""The inference and mine-size benchmarks run and print their figures (at toy sizes here: the figures themselves are measured by
-running the scripts as the README says, not asserted)."""
+"""The inference and mine-size benchmarks run and print their figures (at toy sizes here: the figures themselves
+are measured by running the scripts as the README says, not asserted)."""
 
 import re
 import subprocess
