@@ -249,13 +249,44 @@ def run_finetune(args):
     _report_training(finetune_student(args.teacher, args.raster, args.polygons, args.out, config=config, **options))
 
 
+def add_polygonize_command(subparsers):
+    parser = subparsers.add_parser(
+        "polygonize", help="footprints from a probability raster at another threshold or minimum area",
+        description="Threshold PROB.tif (the <stem>_prob.tif segment wrote) again and trace its footprints, without "
+                    "running the model: DIR/<stem>_mask.tif and DIR/<stem>_footprints.gpkg. Unset threshold and "
+                    "minimum area are those segment used.")
+    parser.add_argument("input", metavar="PROB.tif", help="probability raster written by segment")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs (created if missing)")
+    parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
+    parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.set_defaults(handler=run_polygonize)
+
+
+def run_polygonize(args):
+    from .pipeline import polygonize_outputs, polygonize_probability
+
+    if not os.path.exists(args.input):
+        raise InputError(f"{args.input} does not exist; check the path")
+    mask_path, footprints_path = polygonize_outputs(args.input, args.out_dir)
+    result = polygonize_probability(args.input, mask_path, footprints_path, threshold=args.threshold,
+                                    min_area_ha=args.min_area_ha, overwrite=args.overwrite,
+                                    log=lambda message: print(message, file=sys.stderr))
+    print(f"{result.footprint_count} footprints, {result.total_area_ha:.2f} ha in total")
+    print(f"mask:        {result.mask_path}")
+    print(f"footprints:  {result.footprints_path}")
+
+
 def add_evaluate_command(subparsers):
     parser = subparsers.add_parser(
         "evaluate", help="score a predicted mask against reference footprints",
-        description="IoU, F1, precision, recall and boundary F1 of PRED_MASK (1 footprint) against a reference "
-                    "mask raster on the same grid or reference polygons (any CRS).")
-    parser.add_argument("prediction", metavar="PRED_MASK.tif")
+        description="IoU, F1, precision, recall and boundary F1 of PRED.tif against a reference mask raster on the "
+                    "same grid or reference polygons (any CRS). PRED.tif: a mask (1 footprint) or the probability "
+                    "raster segment wrote, thresholded at --threshold (default: segment's).")
+    parser.add_argument("prediction", metavar="PRED.tif", help="<stem>_mask.tif or <stem>_prob.tif from segment")
     parser.add_argument("--reference", required=True, metavar="REF.gpkg|REF_MASK.tif")
+    parser.add_argument("--extent", metavar="E.gpkg", help="where the reference is complete (only there is scored)")
+    parser.add_argument("--threshold", type=float, metavar="P", help="for a probability raster (default: segment's)")
     parser.add_argument("--tolerance-px", type=int, default=2, help="boundary F1 tolerance in pixels")
     parser.set_defaults(handler=run_evaluate)
 
@@ -263,15 +294,16 @@ def add_evaluate_command(subparsers):
 def run_evaluate(args):
     from .metrics import evaluate_mask_raster
 
-    for path in (args.prediction, args.reference):
+    for path in filter(None, (args.prediction, args.reference, args.extent)):
         if not os.path.exists(path):
             raise InputError(f"{path} does not exist; check the path")
-    scores = evaluate_mask_raster(args.prediction, args.reference, tolerance_px=args.tolerance_px)
+    scores = evaluate_mask_raster(args.prediction, args.reference, tolerance_px=args.tolerance_px,
+                                  threshold=args.threshold, extent=args.extent)
     print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
 
 
-COMMANDS = [add_segment_command, add_export_chips_command, add_train_command, add_finetune_command,
-            add_evaluate_command]
+COMMANDS = [add_segment_command, add_polygonize_command, add_export_chips_command, add_train_command,
+            add_finetune_command, add_evaluate_command]
 
 
 def build_parser():

@@ -45,7 +45,8 @@ from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from . import device as devices
 from .errors import Cancelled, InputError
-from .rasters import encode_probability, mask_profile, probability_profile, threshold_mask, valid_pixels
+from .rasters import (MASK_CONTENT, PROBABILITY_CONTENT, encode_probability, mask_profile, output_tags,
+                      probability_profile, threshold_mask, valid_pixels)
 
 WEIGHT_FLOOR = 1e-3
 PREFETCH_BATCHES = 2
@@ -306,18 +307,21 @@ class _Pipe:
 class RowWriter:
     """Writes finished rows of blended probabilities (and optionally the thresholded mask) in a thread."""
 
-    def __init__(self, prob_path, mask_path, threshold, prob_format, grid_profile, stop):
+    def __init__(self, prob_path, mask_path, threshold, prob_format, grid_profile, tags, stop):
         self.prob_path, self.mask_path, self.threshold, self.prob_format = prob_path, mask_path, threshold, prob_format
-        self.grid_profile = grid_profile
+        self.grid_profile, self.tags = grid_profile, tags
         self.pipe = _Pipe(PREFETCH_BATCHES, stop)
         self.thread = _Worker(self._write_all, stop)
 
     def _write_all(self):
         prob_profile = probability_profile(self.prob_format, **self.grid_profile)
         with rasterio.open(self.prob_path, "w", **prob_profile) as prob_dst:
+            prob_dst.update_tags(**output_tags(PROBABILITY_CONTENT, **self.tags))
             mask_dst = (rasterio.open(self.mask_path, "w", **mask_profile(**self.grid_profile))
                         if self.mask_path else None)
             try:
+                if mask_dst is not None:
+                    mask_dst.update_tags(**output_tags(MASK_CONTENT, **self.tags))
                 for row, prob, valid in self.pipe:
                     window = Window(0, row, prob.shape[1], prob.shape[0])
                     prob_dst.write(encode_probability(prob, valid, self.prob_format), 1, window=window)
@@ -365,7 +369,7 @@ class StripAccumulator:
 
 def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, overlap=None, batch=None, band_index,
                    radiometry, window=None, mask_path=None, threshold=None, prob_format="uint8", precision="auto",
-                   workers=None, exclude=(), progress=None, is_canceled=None):
+                   workers=None, exclude=(), tags=None, progress=None, is_canceled=None):
     """Run ``bundle``'s net over ``src_path`` (or its ``window``) and write the probability raster ``prob_path``.
 
     ``band_index``: 1-based raster band per model band. ``radiometry``: reflectance = DN * scale + offset (scalars
@@ -374,7 +378,8 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
     (``threshold``, default the bundle's) is written in the same pass. Outputs share the region's grid.
     ``precision``: "auto" (see :func:`autocast_for`) or "float32". ``workers``: model calls run at once, sharing
     the CPU threads (default: :func:`device.inference_workers`). ``exclude``: shapely polygons in the raster's CRS
-    whose pixels are nodata in the outputs (and skip the model).
+    whose pixels are nodata in the outputs (and skip the model). ``tags``: more :data:`rasters.TAGS` values for
+    the outputs (the model and the threshold are always tagged).
     Raises InputError when no pixel of the region has data or the raster cannot be read, Cancelled when
     ``is_canceled()`` turns True; a run that fails or is cancelled removes its output files.
     """
@@ -395,7 +400,8 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
                         spec.norm_mean, spec.norm_std, bundle.net.stride, batch, exclude)
     try:
         _run_tiles(reader, bundle, info, grid, grid_profile, prob_path, mask_path, threshold, prob_format, precision,
-                   workers, exclude, progress, is_canceled)
+                   workers, exclude, {"model": spec.name, "threshold": threshold, **(tags or {})}, progress,
+                   is_canceled)
     except BaseException:  # a failed or cancelled run leaves no output that looks complete
         for path in (prob_path, mask_path):
             if path is not None:
@@ -404,13 +410,13 @@ def predict_raster(src_path, bundle, prob_path, *, device="auto", tile=None, ove
 
 
 def _run_tiles(reader, bundle, info, grid, grid_profile, prob_path, mask_path, threshold, prob_format, precision,
-               workers, exclude, progress, is_canceled):
+               workers, exclude, tags, progress, is_canceled):
     """predict_raster's work: tiles read, predicted (``workers`` calls at once), blended and written."""
     batch = reader.batch
     stop = threading.Event()
     batches = _Pipe(PREFETCH_BATCHES, stop)
     reader_thread = _Worker(lambda: _feed(reader, batches), stop)
-    writer = RowWriter(prob_path, mask_path, threshold, prob_format, grid_profile, stop)
+    writer = RowWriter(prob_path, mask_path, threshold, prob_format, grid_profile, tags, stop)
     strip = StripAccumulator(grid)
     workers = int(workers or devices.inference_workers(info))
     calls = ThreadPoolExecutor(workers, initializer=devices.set_cpu_threads,

@@ -92,31 +92,68 @@ def iou_by_threshold(prob_path, reference_mask_path, thresholds):
     return {t: segmentation_scores(prob >= t, truth, valid)["iou"] for t in thresholds}
 
 
-def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None):
-    """Scores of a predicted mask GeoTIFF (1 footprint, 0 background, nodata ignored) against ``reference``:
-    a mask raster on the same grid or a polygon layer (reprojected and rasterised on the prediction's grid)."""
+def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, threshold=None, extent=None,
+                         extent_layer=None):
+    """Scores of a prediction raster against ``reference``: a mask raster on the same grid or a polygon layer
+    (any CRS; reprojected and rasterised on the prediction's grid). The prediction is a mask (1 footprint, 0
+    background, nodata ignored) or a probability raster written by MineC2F, thresholded at ``threshold`` (default:
+    the one it was written with). With ``extent`` (polygons, any CRS: where the reference is complete) only the
+    pixels inside it count."""
     import rasterio
-    import rasterio.features
 
     from .errors import InputError
+    from .rasters import MASK_CONTENT, PROBABILITY_CONTENT, decode_probability, read_output_tags
 
+    if int(tolerance_px) < 0:
+        raise InputError(f"boundary tolerance {tolerance_px} px must be 0 or more")
     with rasterio.open(pred_path) as src:
-        pred = src.read(1)
+        values = src.read(1)
         valid = src.read_masks(1) > 0
         grid = src.transform, src.crs, src.shape
+        tags = read_output_tags(src)
+    content = tags.get("content")
+    if content == PROBABILITY_CONTENT:
+        threshold = float(tags.get("threshold", 0.5) if threshold is None else threshold)
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+        prob, valid_prob = decode_probability(values)
+        pred, valid = prob >= threshold, valid & valid_prob
+    elif threshold is not None:
+        kind = "a footprint mask" if content == MASK_CONTENT else "not a probability raster written by MineC2F"
+        raise InputError(f"a threshold applies to a probability raster, and {Path(pred_path).name} is {kind}; "
+                         "leave the threshold out or give the <name>_prob.tif that segment wrote")
+    else:
+        pred = values == 1
     reference = Path(reference)
     if reference.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
         with rasterio.open(reference) as ref_src:
             if ref_src.shape != grid[2] or ref_src.transform != grid[0]:
                 raise InputError(f"reference raster {reference.name} is not on the prediction's grid; "
                                  "use a reference polygon layer or resample the reference")
-            ref = ref_src.read(1)
+            ref = ref_src.read(1) == 1
             valid &= ref_src.read_masks(1) > 0
     else:
-        from .data import read_polygons, reproject_polygons
+        ref = _rasterize_polygons(reference, layer, grid, "reference polygon file")
+    if extent is not None:
+        inside = _rasterize_polygons(extent, extent_layer, grid, "labelled extent file")
+        if not (inside & valid).any():
+            raise InputError(f"the labelled extent {Path(extent).name} does not overlap the prediction's valid "
+                             "pixels; give the extent of the reference polygons over this raster")
+        valid &= inside
+    if not valid.any():
+        raise InputError(f"{Path(pred_path).name} has no valid pixel (all nodata); give the mask or probability "
+                         "raster segment wrote")
+    return all_scores(pred, ref, valid, tolerance_px)
 
-        polygons = reproject_polygons(read_polygons(reference, layer), grid[1].to_wkt())
-        shapes = [(geom, 1) for geom in polygons]
-        ref = (rasterio.features.rasterize(shapes, out_shape=grid[2], transform=grid[0], dtype="uint8")
-               if shapes else np.zeros(grid[2], dtype=np.uint8))
-    return all_scores(pred == 1, ref == 1, valid, tolerance_px)
+
+def _rasterize_polygons(path, layer, grid, what):
+    """[H, W] bool: pixels of ``grid`` (transform, CRS, shape) inside the polygons of ``path`` (any CRS)."""
+    import rasterio.features
+
+    from .data import read_polygons, reproject_polygons
+
+    polygons = reproject_polygons(read_polygons(path, layer, what=what), grid[1].to_wkt())
+    if not polygons:
+        return np.zeros(grid[2], dtype=bool)
+    return rasterio.features.rasterize([(geom, 1) for geom in polygons], out_shape=grid[2], transform=grid[0],
+                                       dtype="uint8").astype(bool)

@@ -1,6 +1,7 @@
-"""segment_scene: raster + model bundle -> probability raster, footprint mask and footprint polygons.
+"""segment_scene: raster + model bundle -> probability raster, footprint mask and footprint polygons;
+polygonize_probability: that probability raster -> a new mask and polygons at another threshold or minimum area.
 
-The one entry point the CLI and the QGIS plugin call. It checks everything it can before any work (outputs
+The entry points the CLI and the QGIS plugin call. It checks everything it can before any work (outputs
 writable and not in the way, input readable and georeferenced, bands and radiometry resolved, parameters sane),
 then runs inference and vectorizing into temporary files next to the outputs, and renames them only when all
 succeeded: a failed or cancelled run leaves nothing behind, and nothing the user had is touched unless
@@ -23,15 +24,19 @@ import rasterio.windows
 from rasterio.windows import Window
 
 from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, ModelSpec, load_bundle
 from .data import overlapping, read_polygons, reproject_polygons
 from .device import resolve_device
-from .errors import InputError, OutputError, write_error
+from .errors import Cancelled, InputError, OutputError, write_error
 from .infer import PRECISIONS, predict_raster, tiling
-from .rasters import PROB_FORMATS
+from .rasters import (MASK_CONTENT, PROB_FORMATS, PROBABILITY_CONTENT, TAGS, decode_probability, mask_profile,
+                      output_tags, read_output_tags, threshold_mask)
 from .vectorize import check_crs_convertible, polygonize
 
 INFERENCE_SHARE = 90.0  # percent of the progress bar given to inference; the rest is vectorizing
+THRESHOLD_SHARE = 50.0  # polygonize_probability: percent given to writing the mask; the rest is vectorizing
+STRIP_ROWS = 256  # rows of a probability raster thresholded at a time
+DEFAULT_MIN_AREA_HA = ModelSpec.min_area_ha  # for probability rasters written without it
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
                        batch=batch, band_index=band_index, radiometry=radiometry, window=window,
                        mask_path=staged.temp["mask"], threshold=threshold, prob_format=prob_format,
                        precision=precision, exclude=exclude_shapes,
+                       tags={"min_area_ha": min_area_ha, "source": input_path.name},
                        progress=lambda p: progress(p * INFERENCE_SHARE / 100.0), is_canceled=is_canceled)
         vectors = polygonize(staged.temp["mask"], staged.temp["prob"], staged.temp["footprints"],
                              min_area_ha=min_area_ha, model_name=spec.name, source=input_path.name,
@@ -107,6 +113,87 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
                               footprints_path=staged.final["footprints"], footprint_count=vectors.count,
                               total_area_ha=vectors.total_area_ha, device_name=device_info.name,
                               radiometry=radiometry, radiometry_reason=radiometry_reason)
+
+
+@dataclass(frozen=True)
+class PolygonizeResult:
+    mask_path: Path
+    footprints_path: Path
+    footprint_count: int
+    total_area_ha: float
+    threshold: float
+    min_area_ha: float
+
+
+def polygonize_outputs(prob_path, out_dir):
+    """Default outputs of :func:`polygonize_probability` in ``out_dir``: <stem>_mask.tif and
+    <stem>_footprints.gpkg, <stem> being the name of ``prob_path`` without ".tif" and a trailing "_prob"."""
+    stem = Path(prob_path).stem
+    stem = stem[: -len("_prob")] if stem.endswith("_prob") and len(stem) > len("_prob") else stem
+    out_dir = Path(out_dir)
+    return out_dir / f"{stem}_mask.tif", out_dir / f"{stem}_footprints.gpkg"
+
+
+def polygonize_probability(prob_path, mask_path, footprints_path, *, threshold=None, min_area_ha=None,
+                           overwrite=False, progress=None, is_canceled=None, log=None):
+    """Threshold a probability raster written by :func:`segment_scene` again and trace its footprints, without
+    running the model: a new mask (``mask_path``) and polygons (``footprints_path``). Unset ``threshold`` and
+    ``min_area_ha`` are those the probability raster was written with. Outputs are staged as in segment_scene.
+    At segment's threshold the mask can differ from segment's at pixels within half a step of the stored
+    probability (1/508 in uint8) of the threshold.
+    Raises InputError (not a MineC2F probability raster, bad parameters) / OutputError / Cancelled."""
+    progress = progress or (lambda percent: None)
+    is_canceled = is_canceled or (lambda: False)
+    log = log or (lambda message: None)
+    prob_path = Path(prob_path)
+    with StagedOutputs({"mask": mask_path, "footprints": footprints_path}, overwrite=overwrite,
+                       protected=[prob_path]) as staged:
+        with open_raster(prob_path) as src:
+            tags = probability_tags(src, prob_path)
+            threshold = float(tags["threshold"] if threshold is None else threshold)
+            min_area_ha = float(tags.get("min_area_ha", DEFAULT_MIN_AREA_HA) if min_area_ha is None else min_area_ha)
+            if not 0.0 < threshold < 1.0:
+                raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+            if min_area_ha < 0:
+                raise InputError(f"minimum area {min_area_ha} ha must be 0 or more")
+            check_crs_convertible(src.crs, src.xy(src.height // 2, src.width // 2))
+            log(f"{prob_path.name}: footprint where probability >= {threshold:g}, none smaller than "
+                f"{min_area_ha:g} ha")
+            profile = mask_profile(width=src.width, height=src.height, crs=src.crs, transform=src.transform)
+            with rasterio.open(staged.temp["mask"], "w", **profile) as dst:
+                kept = {key: value for key, value in tags.items() if key != "content"}
+                dst.update_tags(**output_tags(MASK_CONTENT, **{**kept, "threshold": threshold,
+                                                              "min_area_ha": min_area_ha}))
+                strips = [Window(0, row, src.width, min(STRIP_ROWS, src.height - row))
+                          for row in range(0, src.height, STRIP_ROWS)]
+                for done, strip in enumerate(strips, 1):
+                    if is_canceled():
+                        raise Cancelled("polygonizing was cancelled; no output was written")
+                    prob, valid = decode_probability(src.read(1, window=strip))
+                    dst.write(threshold_mask(prob, valid, threshold), 1, window=strip)
+                    progress(THRESHOLD_SHARE * done / len(strips))
+        vectors = polygonize(staged.temp["mask"], prob_path, staged.temp["footprints"], min_area_ha=min_area_ha,
+                             model_name=tags.get("model", ""), source=tags.get("source", prob_path.name),
+                             progress=lambda p: progress(THRESHOLD_SHARE + p * (100.0 - THRESHOLD_SHARE) / 100.0),
+                             is_canceled=is_canceled)
+        staged.commit()
+    log(f"{vectors.count} footprints, {vectors.total_area_ha:.2f} ha")
+    return PolygonizeResult(mask_path=staged.final["mask"], footprints_path=staged.final["footprints"],
+                            footprint_count=vectors.count, total_area_ha=vectors.total_area_ha, threshold=threshold,
+                            min_area_ha=min_area_ha)
+
+
+def probability_tags(src, path):
+    """The MineC2F tags of probability raster ``src`` (opened from ``path``), with the threshold it was written
+    with; anything else is refused with what to give instead."""
+    tags = read_output_tags(src)
+    if tags.get("content") == MASK_CONTENT:
+        raise InputError(f"{Path(path).name} is a footprint mask; give the probability raster written beside it "
+                         f"(<name>_prob.tif) to threshold it again")
+    if tags.get("content") != PROBABILITY_CONTENT or "threshold" not in tags or src.count != 1:
+        raise InputError(f"{Path(path).name} is not a footprint probability raster written by MineC2F (it lacks "
+                         f"the {TAGS['content']} tag); give the <name>_prob.tif that segment wrote")
+    return tags
 
 
 def _exclusion(path, crs_wkt, bounds, log):

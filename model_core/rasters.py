@@ -8,6 +8,10 @@ Probability rasters come in two formats:
 - ``"float32"``: p stored as is; nodata is NaN.
 
 The mask raster is uint8: 1 = footprint, 0 = background, 255 = nodata.
+
+Both carry dataset tags (:data:`TAGS`): what they hold, the model, the threshold of the mask, and (written by
+``pipeline.segment_scene``) the minimum footprint area and the source raster, so a probability raster can be
+thresholded again and scored, and a mask told from it.
 """
 
 import numpy as np
@@ -18,6 +22,10 @@ PROB_UINT8_MAX = 254
 UINT8_NODATA = 255
 MASK_FOOTPRINT, MASK_BACKGROUND, MASK_NODATA = 1, 0, UINT8_NODATA
 BLOCK_SIZE = 256
+# dataset tags of MineC2F's output rasters, by the key read_output_tags gives them
+TAGS = {"content": "MINEC2F_CONTENT", "model": "MINEC2F_MODEL", "threshold": "MINEC2F_THRESHOLD",
+        "min_area_ha": "MINEC2F_MIN_AREA_HA", "source": "MINEC2F_SOURCE"}
+PROBABILITY_CONTENT, MASK_CONTENT = "footprint probability", "footprint mask"
 
 
 def valid_pixels(src, bands, data, window=None):
@@ -78,3 +86,17 @@ def threshold_mask(prob, valid, threshold):
     mask = (prob >= threshold).astype(np.uint8)
     mask[~valid] = MASK_NODATA
     return mask
+
+
+def output_tags(content, **values):
+    """Dataset tags for an output raster holding ``content`` (PROBABILITY_CONTENT or MASK_CONTENT); ``values``
+    by the keys of :data:`TAGS`, None left out."""
+    tags = {TAGS["content"]: content}
+    tags.update({TAGS[key]: str(value) for key, value in values.items() if value is not None})
+    return tags
+
+
+def read_output_tags(src):
+    """The MineC2F tags of the open dataset ``src`` by the keys of :data:`TAGS` ({} for other rasters)."""
+    tags = src.tags()
+    return {key: tags[name] for key, name in TAGS.items() if name in tags}

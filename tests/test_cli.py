@@ -166,3 +166,40 @@ def test_exclude_polygons_in_another_crs(scene, tiny_bundle_path, tmp_path, caps
     with rasterio.open(out / "scene_mask.tif") as src:
         mask = src.read(1)
     assert (mask[:, :31] == 255).all() and (mask[:, 33:] != 255).all()
+
+
+def test_polygonize_and_evaluate_a_segmented_scene_at_another_threshold(scene, tiny_bundle_path, tmp_path, capsys):
+    import shapely
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from model_core.vectorize import write_polygons_gpkg
+
+    out, again = tmp_path / "out", tmp_path / "again"
+    assert segment(scene, "--model", tiny_bundle_path, "--out-dir", out, "--tile", "64", "--quiet") == 0
+    capsys.readouterr()
+    assert cli.main(["polygonize", str(out / "scene_prob.tif"), "--out-dir", str(again), "--threshold", "0.45",
+                     "--min-area-ha", "0"]) == 0
+    printed = capsys.readouterr()
+    assert "footprint where probability >= 0.45" in printed.err
+    for name in ("scene_mask.tif", "scene_footprints.gpkg"):  # named after the scene, not after scene_prob
+        assert str(again / name) in printed.out
+
+    # reference: the whole scene is mine, so precision is 1 and recall the footprint share at each threshold
+    x0, y1 = from_origin(500000.0, 5800000.0, 10.0, 10.0) * (0, 0)
+    reference = tmp_path / "ref.gpkg"
+    write_polygons_gpkg(reference, [shapely.box(x0, y1 - 480, x0 + 640, y1)], CRS.from_epsg(32633).to_wkt(),
+                        {"id": [1]})
+    scores = {}
+    for prediction, extra in ((again / "scene_mask.tif", []), (out / "scene_prob.tif", ["--threshold", "0.45"]),
+                              (out / "scene_prob.tif", [])):
+        assert cli.main(["evaluate", str(prediction), "--reference", str(reference), *extra]) == 0
+        line = capsys.readouterr().out.split()
+        scores[(prediction.name, *extra)] = dict(zip(line[::2], map(float, line[1::2])))
+    at_045 = scores[("scene_mask.tif",)]
+    assert at_045 == scores[("scene_prob.tif", "--threshold", "0.45")] and at_045["precision"] == 1.0
+    assert at_045["recall"] > scores[("scene_prob.tif",)]["recall"]  # 0.45 finds more than segment's 0.5
+
+    assert cli.main(["evaluate", str(again / "scene_mask.tif"), "--reference", str(reference),
+                     "--extent", str(tmp_path / "missing.gpkg")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing.gpkg'} does not exist; check the path\n"

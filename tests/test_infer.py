@@ -39,7 +39,7 @@ class PixelNet(torch.nn.Module):
 
 
 def pixel_bundle(bands=3, tile=64, overlap=16):
-    spec = SimpleNamespace(tile_size=tile, overlap=overlap, threshold=0.5, norm_mean=[0.1] * bands,
+    spec = SimpleNamespace(name="pixel-test", tile_size=tile, overlap=overlap, threshold=0.5, norm_mean=[0.1] * bands,
                            norm_std=[0.05] * bands)
     return SimpleNamespace(spec=spec, net=PixelNet(bands).eval())
 

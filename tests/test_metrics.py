@@ -5,6 +5,7 @@ import pytest
 import rasterio
 import shapely
 
+from model_core.errors import InputError
 from model_core.metrics import (all_scores, boundary, boundary_f1, evaluate_mask_raster, iou_by_threshold,
                                 segmentation_scores)
 from model_core.vectorize import write_polygons_gpkg
@@ -87,3 +88,66 @@ def test_iou_by_threshold_reads_an_engine_probability_raster_and_ignores_its_nod
         dst.write(np.array([[1, 1, 0, 0]], np.uint8), 1)
     ious = iou_by_threshold(tmp_path / "p.tif", tmp_path / "r.tif", (0.1, 0.5, 0.8))
     assert ious == {0.1: pytest.approx(2 / 3), 0.5: 1.0, 0.8: 0.5}
+
+
+def write_engine_output(path, values, content, **tags):
+    """A one-band uint8 raster on the test grid tagged as MineC2F writes ``content``."""
+    from rasterio.transform import from_origin
+
+    from model_core.rasters import mask_profile, output_tags
+
+    grid = {"width": values.shape[1], "height": values.shape[0], "crs": "EPSG:32633",
+            "transform": from_origin(500000.0, 5800000.0, 10.0, 10.0)}
+    with rasterio.open(path, "w", **mask_profile(**grid)) as dst:
+        dst.write(values.astype(np.uint8), 1)
+        dst.update_tags(**output_tags(content, **tags))
+    return path
+
+
+def polygon_file(path, pixel_boxes):
+    """A GeoPackage of boxes given as (col0, row0, col1, row1) pixel edges of the test grid, in UTM 33N."""
+    from rasterio.transform import from_origin
+
+    transform = from_origin(500000.0, 5800000.0, 10.0, 10.0)
+    boxes = []
+    for col0, row0, col1, row1 in pixel_boxes:
+        (x0, y0), (x1, y1) = transform * (col0, row1), transform * (col1, row0)
+        boxes.append(shapely.box(x0, y0, x1, y1))
+    write_polygons_gpkg(path, boxes, rasterio.crs.CRS.from_epsg(32633).to_wkt(), {"id": list(range(len(boxes)))})
+    return path
+
+
+def test_evaluate_thresholds_a_probability_raster_at_its_written_threshold_or_the_one_given(tmp_path):
+    pred, _ = squares(5)  # rows 5-14, columns 10-19; the reference: rows and columns 5-14 (50 px shared)
+    prob = np.where(pred, 230, 20)  # 0.91 inside the predicted square, 0.08 outside
+    prob[0:3, 0:3] = 150  # 0.59: footprint only at a threshold below it
+    prob_path = write_engine_output(tmp_path / "p.tif", prob, "footprint probability", threshold=0.9)
+    reference = polygon_file(tmp_path / "ref.gpkg", [(5, 5, 15, 15)])
+    assert evaluate_mask_raster(prob_path, reference)["iou"] == pytest.approx(50 / 150)
+    assert evaluate_mask_raster(prob_path, reference, threshold=0.5)["iou"] == pytest.approx(50 / 159)
+    mask_path = write_engine_output(tmp_path / "m.tif", pred, "footprint mask", threshold=0.9)
+    assert evaluate_mask_raster(mask_path, reference)["iou"] == pytest.approx(50 / 150)
+    with pytest.raises(InputError, match="a threshold applies to a probability raster, and m.tif is a footprint mask"):
+        evaluate_mask_raster(mask_path, reference, threshold=0.5)
+
+
+def test_evaluate_scores_only_inside_the_labelled_extent(tmp_path):
+    pred, _ = squares(5)
+    mask_path = write_engine_output(tmp_path / "m.tif", pred, "footprint mask")
+    # the prediction: rows 5-14, columns 10-19; the reference only digitised columns 10-14 of it
+    reference = polygon_file(tmp_path / "ref.gpkg", [(10, 5, 15, 15)])
+    assert evaluate_mask_raster(mask_path, reference)["precision"] == pytest.approx(50 / 100)
+    extent = polygon_file(tmp_path / "extent.gpkg", [(0, 0, 15, 20)])  # where the reference is complete
+    inside = evaluate_mask_raster(mask_path, reference, extent=extent)
+    assert (inside["iou"], inside["precision"], inside["recall"]) == (1.0, 1.0, 1.0)
+    away = polygon_file(tmp_path / "away.gpkg", [(1000, 1000, 1010, 1010)])
+    with pytest.raises(InputError, match="the labelled extent away.gpkg does not overlap the prediction"):
+        evaluate_mask_raster(mask_path, reference, extent=away)
+    with pytest.raises(InputError, match="boundary tolerance -1 px must be 0 or more"):
+        evaluate_mask_raster(mask_path, reference, tolerance_px=-1)
+
+
+def test_evaluate_refuses_a_prediction_without_valid_pixels(tmp_path):
+    mask_path = write_engine_output(tmp_path / "m.tif", np.full((20, 20), 255), "footprint mask")
+    with pytest.raises(InputError, match="m.tif has no valid pixel"):
+        evaluate_mask_raster(mask_path, polygon_file(tmp_path / "ref.gpkg", [(5, 5, 15, 15)]))

@@ -11,8 +11,8 @@ from rasterio.transform import from_origin
 from model_core.bundle import load_bundle
 from model_core.errors import BandMismatchError, BundleError, Cancelled, InputError, OutputError
 from model_core.paths import DEFAULT_MODEL
-from model_core.pipeline import output_paths, segment_scene
-from model_core.rasters import UINT8_NODATA
+from model_core.pipeline import output_paths, polygonize_outputs, polygonize_probability, segment_scene
+from model_core.rasters import UINT8_NODATA, decode_probability, read_output_tags
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 
@@ -223,3 +223,64 @@ def test_a_smaller_tile_alone_gets_an_overlap_that_fits_it(scene, outputs):
     assert load_bundle(DEFAULT_MODEL).spec.overlap > 64 // 2  # the bundled model's overlap does not fit 64 px tiles
     segment_scene(scene, DEFAULT_MODEL, *outputs, device="cpu", tile=64, log=lines.append)
     assert any("tile 64, overlap 16," in line for line in lines), lines
+
+
+def read_band(path):
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_outputs_record_what_they_hold_and_how_they_were_made(scene, tiny_bundle_path, outputs):
+    run(scene, tiny_bundle_path, outputs, threshold=0.4, min_area_ha=0.3)
+    expected = {"model": "tiny-test", "threshold": "0.4", "min_area_ha": "0.3", "source": "scene.tif"}
+    for path, content in ((outputs[0], "footprint probability"), (outputs[1], "footprint mask")):
+        with rasterio.open(path) as src:
+            assert read_output_tags(src) == {"content": content, **expected}
+
+
+def test_polygonize_rethresholds_the_probability_raster_without_the_model(scene, tiny_bundle_path, outputs, tmp_path):
+    segmented = run(scene, tiny_bundle_path, outputs, threshold=0.5, min_area_ha=0.0)
+    prob, valid = decode_probability(read_band(outputs[0]))
+    again = polygonize_probability(outputs[0], *polygonize_outputs(outputs[0], tmp_path / "same"))
+    assert (again.threshold, again.min_area_ha) == (0.5, 0.0)  # as segment wrote them
+    assert [p.name for p in (again.mask_path, again.footprints_path)] == ["scene_mask.tif", "scene_footprints.gpkg"]
+    mask = read_band(again.mask_path)
+    np.testing.assert_array_equal(mask, np.where(valid, prob >= 0.5, UINT8_NODATA))
+    # segment thresholded the probabilities before they were stored in steps of 1/254
+    differs = mask != read_band(outputs[1])
+    assert (np.abs(prob[differs] - 0.5) <= 0.5 / 254 + 1e-6).all()
+    assert abs(again.total_area_ha - segmented.total_area_ha) <= 0.01 * differs.sum() + 1e-6
+
+    lower = polygonize_probability(outputs[0], *polygonize_outputs(outputs[0], tmp_path / "lower"), threshold=0.3,
+                                   min_area_ha=0.0)
+    lower_mask = read_band(lower.mask_path)
+    assert ((lower_mask == 1) >= (mask == 1)).all() and (lower_mask == 1).sum() > (mask == 1).sum()
+    with rasterio.open(lower.mask_path) as src, rasterio.open(scene) as source:
+        assert read_output_tags(src)["threshold"] == "0.3"
+        assert (src.crs, src.transform, src.shape) == (source.crs, source.transform, source.shape)
+    bigger = polygonize_probability(outputs[0], *polygonize_outputs(outputs[0], tmp_path / "bigger"),
+                                    threshold=0.3, min_area_ha=1000.0)
+    assert (bigger.footprint_count, bigger.total_area_ha) == (0, 0.0)
+
+
+def test_polygonize_refuses_other_rasters_and_keeps_existing_outputs(scene, tiny_bundle_path, outputs, tmp_path):
+    run(scene, tiny_bundle_path, outputs)
+    targets = polygonize_outputs(outputs[0], tmp_path / "again")
+    with pytest.raises(InputError, match="scene_mask.tif is a footprint mask; give the probability raster"):
+        polygonize_probability(outputs[1], *targets)
+    with pytest.raises(InputError, match="scene.tif is not a footprint probability raster written by MineC2F"):
+        polygonize_probability(scene, *targets)
+    with pytest.raises(InputError, match="threshold 1.5 must be between 0 and 1"):
+        polygonize_probability(outputs[0], *targets, threshold=1.5)
+    assert files_in(tmp_path / "again") == []
+    with pytest.raises(OutputError, match="scene_mask.tif already exists"):
+        polygonize_probability(outputs[0], *polygonize_outputs(outputs[0], outputs[0].parent))
+    assert files_in(outputs[0].parent) == sorted(p.name for p in outputs)
+
+
+def test_polygonize_cancel_leaves_nothing_behind(scene, tiny_bundle_path, outputs, tmp_path):
+    run(scene, tiny_bundle_path, outputs)
+    with pytest.raises(Cancelled):
+        polygonize_probability(outputs[0], *polygonize_outputs(outputs[0], tmp_path / "cancelled"),
+                               is_canceled=lambda: True)
+    assert files_in(tmp_path / "cancelled") == []
