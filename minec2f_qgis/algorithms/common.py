@@ -29,6 +29,7 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
     SCALE = "SCALE"
     OFFSET = "OFFSET"
     ENGINE_OPTIONS = {"--bands": BANDS}
+    RASTER_HINT = "choose a raster layer or file"  # for a layer given to a raster parameter that is not a raster
     RADIOMETRY_OPTIONS = {"--scale": SCALE, "--offset": OFFSET}  # for algorithms with radiometry_parameters()
 
     def icon(self):
@@ -64,8 +65,7 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
                                                                                                      context)
             if layer is not None and not isinstance(layer, QgsRasterLayer):
                 kind = "a vector layer" if isinstance(layer, QgsVectorLayer) else "a layer"
-                return (f"{definition.name()}: '{layer.name()}' is {kind}, not a raster; choose the multispectral "
-                        f"raster layer or file to segment")
+                return f"{definition.name()}: '{layer.name()}' is {kind}, not a raster; {self.RASTER_HINT}"
         return ""
 
     def check_parameters(self, parameters, context):
@@ -119,6 +119,18 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(name) in (None, ""):
             return None
         return kind(self.parameterAsDouble(parameters, name, context))
+
+    def output_path(self, parameters, name, context, suffixes):
+        """The destination file of output ``name``; the engine writes files with one of ``suffixes`` only (the
+        first when an optional output is skipped: a temporary file)."""
+        path = self.parameterAsOutputLayer(parameters, name, context)
+        if not path:  # an optional output the user skipped
+            return Path(QgsProcessingUtils.generateTempFilename(f"{name.lower()}{suffixes[0]}"))
+        if not path.lower().endswith(suffixes):
+            raise QgsProcessingException(f"{name}: {path} is not a {' or '.join(suffixes)} file; the output is "
+                                         f"written as {suffixes[0][1:].upper()}, give a file name ending in "
+                                         f"{suffixes[0]}")
+        return Path(path)
 
 
 def advanced(parameter):

@@ -1,13 +1,11 @@
 """minec2f:segment - a multispectral raster to footprint probability, mask and polygons."""
 
-from pathlib import Path
-
-from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingOutputString,
+from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingOutputString,
                        QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFile,
                        QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
-                       QgsProcessingParameterVectorLayer, QgsProcessingUtils)
+                       QgsProcessingParameterVectorLayer)
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
 from .common import (DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file,
@@ -62,6 +60,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS, "--model": MODEL,
                       "--device": DEVICE, "--tile": TILE_SIZE, "--overlap": OVERLAP, "--threshold": THRESHOLD,
                       "--min-area-ha": MIN_AREA_HA, "--bounds": EXTENT, "--exclude": EXCLUDE}
+    RASTER_HINT = "choose the multispectral raster layer or file to segment"
 
     def name(self):
         return "segment"
@@ -132,7 +131,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
         if str(parameters.get(self.EXTENT) or "").strip():  # not set: None, or an empty text from scripts
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
-        outputs = {name: self._output_path(parameters, name, context, suffixes)
+        outputs = {name: self.output_path(parameters, name, context, suffixes)
                    for name, suffixes in ((self.OUTPUT_PROBABILITY, (".tif", ".tiff")),
                                           (self.OUTPUT_MASK, (".tif", ".tiff")),
                                           (self.OUTPUT_FOOTPRINTS, (".gpkg",)))}
@@ -157,14 +156,3 @@ class SegmentAlgorithm(MineC2FAlgorithm):
                 self.FOOTPRINT_COUNT: result.footprint_count, self.TOTAL_AREA_HA: result.total_area_ha,
                 self.REFLECTANCE: in_parameter_terms(f"{result.radiometry} ({result.radiometry_reason})",
                                                      self.ENGINE_OPTIONS)}
-
-    def _output_path(self, parameters, name, context, suffixes):
-        """The destination file of output ``name``; the engine writes GeoTIFF and GeoPackage files only."""
-        path = self.parameterAsOutputLayer(parameters, name, context)
-        if not path:  # an optional output the user skipped
-            return Path(QgsProcessingUtils.generateTempFilename(f"{name.lower()}{suffixes[0]}"))
-        if not path.lower().endswith(suffixes):
-            raise QgsProcessingException(f"{name}: {path} is not a {' or '.join(suffixes)} file; the output is "
-                                         f"written as {suffixes[0][1:].upper()}, give a file name ending in "
-                                         f"{suffixes[0]}")
-        return Path(path)
