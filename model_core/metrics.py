@@ -4,9 +4,12 @@ Conventions for empty inputs: when prediction and reference are both empty every
 nothing found); when only one is empty the scores that depend on the empty side are 0.
 """
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+
+EVALUATE_STRIP_ROWS = 512  # rows of the prediction evaluate_mask_raster scores at a time
 
 
 def confusion_counts(pred, ref, valid=None):
@@ -26,7 +29,10 @@ def _ratio(numerator, denominator, empty):
 
 def segmentation_scores(pred, ref, valid=None):
     """dict(iou, f1, precision, recall) of the footprint class."""
-    tp, fp, fn, _ = confusion_counts(pred, ref, valid)
+    return _scores_of_counts(*confusion_counts(pred, ref, valid)[:3])
+
+
+def _scores_of_counts(tp, fp, fn):
     both_empty = float(tp + fp + fn == 0)
     return {"iou": _ratio(tp, tp + fp + fn, both_empty),
             "f1": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
@@ -57,18 +63,28 @@ def boundary(mask):
 
 def boundary_f1(pred, ref, tolerance_px=2, valid=None):
     """F1 of boundary pixels matched within ``tolerance_px`` (square neighbourhood), over ``valid`` pixels."""
-    valid = None if valid is None else np.asarray(valid).astype(bool)
+    return _boundary_f1_of_counts(*boundary_counts(pred, ref, tolerance_px, valid))
+
+
+def boundary_counts(pred, ref, tolerance_px=2, valid=None, rows=slice(None)):
+    """(predicted edge pixels, reference edge pixels, predicted ones matched, reference ones matched) in ``rows``;
+    exact for rows at least ``tolerance_px`` + 1 away from a cut edge of the arrays (see evaluate_mask_raster)."""
     pred_edge, ref_edge = boundary(pred), boundary(ref)
     if valid is not None:
+        valid = np.asarray(valid).astype(bool)
         pred_edge &= valid
         ref_edge &= valid
-    n_pred, n_ref = int(pred_edge.sum()), int(ref_edge.sum())
+    pred_matched = pred_edge & _shift_any(ref_edge, tolerance_px)
+    ref_matched = ref_edge & _shift_any(pred_edge, tolerance_px)
+    return tuple(int(np.count_nonzero(a[rows])) for a in (pred_edge, ref_edge, pred_matched, ref_matched))
+
+
+def _boundary_f1_of_counts(n_pred, n_ref, pred_matched, ref_matched):
     if n_pred == 0 and n_ref == 0:
         return 1.0
     if n_pred == 0 or n_ref == 0:
         return 0.0
-    precision = np.count_nonzero(pred_edge & _shift_any(ref_edge, tolerance_px)) / n_pred
-    recall = np.count_nonzero(ref_edge & _shift_any(pred_edge, tolerance_px)) / n_ref
+    precision, recall = pred_matched / n_pred, ref_matched / n_ref
     return _ratio(2 * precision * recall, precision + recall, 0.0)
 
 
@@ -93,67 +109,90 @@ def iou_by_threshold(prob_path, reference_mask_path, thresholds):
 
 
 def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, threshold=None, extent=None,
-                         extent_layer=None):
-    """Scores of a prediction raster against ``reference``: a mask raster on the same grid or a polygon layer
-    (any CRS; reprojected and rasterised on the prediction's grid). The prediction is a mask (1 footprint, 0
-    background, nodata ignored) or a probability raster written by MineC2F, thresholded at ``threshold`` (default:
-    the one it was written with). With ``extent`` (polygons, any CRS: where the reference is complete) only the
-    pixels inside it count."""
+                         extent_layer=None, strip_rows=EVALUATE_STRIP_ROWS):
+    """Scores (as :func:`all_scores`) of a prediction raster against ``reference``: a mask raster on the same grid
+    or a polygon layer (any CRS; reprojected and rasterised on the prediction's grid). The prediction is a mask (1
+    footprint, 0 background, nodata ignored) or a probability raster written by MineC2F, thresholded at
+    ``threshold`` (default: the one it was written with). With ``extent`` (polygons, any CRS: where the reference
+    is complete) only the pixels inside it count. Read in strips of ``strip_rows`` rows (with a margin of
+    ``tolerance_px`` + 1 rows for the boundaries), so memory does not grow with the raster's height."""
     import rasterio
+    from rasterio.windows import Window
 
     from .errors import InputError
     from .rasters import MASK_CONTENT, PROBABILITY_CONTENT, decode_probability, read_output_tags
 
     if int(tolerance_px) < 0:
         raise InputError(f"boundary tolerance {tolerance_px} px must be 0 or more")
-    with rasterio.open(pred_path) as src:
-        values = src.read(1)
-        valid = src.read_masks(1) > 0
-        grid = src.transform, src.crs, src.shape
-        tags = read_output_tags(src)
-    content = tags.get("content")
-    if content == PROBABILITY_CONTENT:
-        threshold = float(tags.get("threshold", 0.5) if threshold is None else threshold)
-        if not 0.0 < threshold < 1.0:
-            raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
-        prob, valid_prob = decode_probability(values)
-        pred, valid = prob >= threshold, valid & valid_prob
-    elif threshold is not None:
-        kind = "a footprint mask" if content == MASK_CONTENT else "not a probability raster written by MineC2F"
-        raise InputError(f"a threshold applies to a probability raster, and {Path(pred_path).name} is {kind}; "
-                         "leave the threshold out or give the <name>_prob.tif that segment wrote")
-    else:
-        pred = values == 1
     reference = Path(reference)
-    if reference.suffix.lower() in (".tif", ".tiff", ".vrt", ".img"):
-        with rasterio.open(reference) as ref_src:
-            if ref_src.shape != grid[2] or ref_src.transform != grid[0]:
-                raise InputError(f"reference raster {reference.name} is not on the prediction's grid; "
-                                 "use a reference polygon layer or resample the reference")
-            ref = ref_src.read(1) == 1
-            valid &= ref_src.read_masks(1) > 0
-    else:
-        ref = _rasterize_polygons(reference, layer, grid, "reference polygon file")
-    if extent is not None:
-        inside = _rasterize_polygons(extent, extent_layer, grid, "labelled extent file")
-        if not (inside & valid).any():
-            raise InputError(f"the labelled extent {Path(extent).name} does not overlap the prediction's valid "
-                             "pixels; give the extent of the reference polygons over this raster")
-        valid &= inside
-    if not valid.any():
+    ref_is_raster = reference.suffix.lower() in (".tif", ".tiff", ".vrt", ".img")
+    with rasterio.open(pred_path) as src, (rasterio.open(reference) if ref_is_raster else nullcontext()) as ref_src:
+        content = read_output_tags(src).get("content")
+        if content == PROBABILITY_CONTENT:
+            threshold = float(read_output_tags(src).get("threshold", 0.5) if threshold is None else threshold)
+            if not 0.0 < threshold < 1.0:
+                raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+        elif threshold is not None:
+            kind = "a footprint mask" if content == MASK_CONTENT else "not a probability raster written by MineC2F"
+            raise InputError(f"a threshold applies to a probability raster, and {Path(pred_path).name} is {kind}; "
+                             "leave the threshold out or give the <name>_prob.tif that segment wrote")
+        if ref_is_raster and (ref_src.shape != src.shape or ref_src.transform != src.transform):
+            raise InputError(f"reference raster {reference.name} is not on the prediction's grid; "
+                             "use a reference polygon layer or resample the reference")
+        crs_wkt = src.crs.to_wkt() if src.crs else ""
+        ref_shapes = None if ref_is_raster else _polygons_in(reference, layer, crs_wkt, "reference polygon file")
+        extent_shapes = None if extent is None else _polygons_in(extent, extent_layer, crs_wkt, "labelled extent file")
+        halo = int(tolerance_px) + 1
+        counts = np.zeros(9, dtype=np.int64)  # confusion (3), boundary (4), valid pixels, of them inside the extent
+        for top in range(0, src.height, strip_rows):
+            bottom = min(src.height, top + strip_rows)
+            start, stop = max(0, top - halo), min(src.height, bottom + halo)
+            window = Window(0, start, src.width, stop - start)
+            transform, bounds = src.window_transform(window), src.window_bounds(window)
+            values, valid = src.read(1, window=window), src.read_masks(1, window=window) > 0
+            if content == PROBABILITY_CONTENT:
+                prob, valid_prob = decode_probability(values)
+                pred, valid = prob >= threshold, valid & valid_prob
+            else:
+                pred = values == 1
+            if ref_is_raster:
+                ref = ref_src.read(1, window=window) == 1
+                valid &= ref_src.read_masks(1, window=window) > 0
+            else:
+                ref = _rasterize(ref_shapes, bounds, pred.shape, transform)
+            core = slice(top - start, bottom - start)
+            counts[7] += np.count_nonzero(valid[core])
+            if extent_shapes is not None:
+                valid &= _rasterize(extent_shapes, bounds, pred.shape, transform)
+                counts[8] += np.count_nonzero(valid[core])
+            counts[:3] += confusion_counts(pred[core], ref[core], valid[core])[:3]
+            counts[3:7] += boundary_counts(pred, ref, tolerance_px, valid, rows=core)
+    if counts[7] == 0:
         raise InputError(f"{Path(pred_path).name} has no valid pixel (all nodata); give the mask or probability "
                          "raster segment wrote")
-    return all_scores(pred, ref, valid, tolerance_px)
+    if extent is not None and counts[8] == 0:
+        raise InputError(f"the labelled extent {Path(extent).name} does not overlap the prediction's valid pixels; "
+                         "give the extent of the reference polygons over this raster")
+    scores = _scores_of_counts(*counts[:3].tolist())
+    scores["boundary_f1"] = _boundary_f1_of_counts(*counts[3:7].tolist())
+    return scores
 
 
-def _rasterize_polygons(path, layer, grid, what):
-    """[H, W] bool: pixels of ``grid`` (transform, CRS, shape) inside the polygons of ``path`` (any CRS)."""
-    import rasterio.features
-
+def _polygons_in(path, layer, crs_wkt, what):
+    """The polygons of ``path`` (any CRS) in the CRS ``crs_wkt``."""
     from .data import read_polygons, reproject_polygons
 
-    polygons = reproject_polygons(read_polygons(path, layer, what=what), grid[1].to_wkt())
-    if not polygons:
-        return np.zeros(grid[2], dtype=bool)
-    return rasterio.features.rasterize([(geom, 1) for geom in polygons], out_shape=grid[2], transform=grid[0],
+    return reproject_polygons(read_polygons(path, layer, what=what), crs_wkt)
+
+
+def _rasterize(shapes, bounds, shape, transform):
+    """[H, W] bool: pixels of the grid (``shape``, ``transform``; ``bounds``) whose centre is inside ``shapes``."""
+    import rasterio.features
+
+    from .data import overlapping
+
+    shapes = overlapping(shapes, bounds)
+    if not shapes:
+        return np.zeros(shape, dtype=bool)
+    return rasterio.features.rasterize([(geom, 1) for geom in shapes], out_shape=shape, transform=transform,
                                        dtype="uint8").astype(bool)

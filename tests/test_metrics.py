@@ -151,3 +151,22 @@ def test_evaluate_refuses_a_prediction_without_valid_pixels(tmp_path):
     mask_path = write_engine_output(tmp_path / "m.tif", np.full((20, 20), 255), "footprint mask")
     with pytest.raises(InputError, match="m.tif has no valid pixel"):
         evaluate_mask_raster(mask_path, polygon_file(tmp_path / "ref.gpkg", [(5, 5, 15, 15)]))
+
+
+def test_evaluate_in_strips_scores_exactly_as_the_whole_arrays(tmp_path, make_raster):
+    rng = np.random.default_rng(3)
+    pred = np.zeros((61, 47), bool)
+    ref = np.zeros((61, 47), bool)
+    for mask in (pred, ref):  # rectangles whose edges cross the strips' cuts
+        for _ in range(6):
+            row, col = rng.integers(0, 55), rng.integers(0, 40)
+            mask[row:row + rng.integers(2, 20), col:col + rng.integers(2, 15)] = True
+    valid = np.ones_like(pred)
+    valid[20:30, 5:25] = False
+    pred_path = write_engine_output(tmp_path / "m.tif", np.where(valid, pred, 255), "footprint mask")
+    ref_path = make_raster("ref.tif", ref.astype("uint8"))
+    for tolerance in (0, 2):
+        whole = all_scores(pred & valid, ref, valid, tolerance)  # nodata is no footprint in the file
+        assert 0 < whole["boundary_f1"] < 1 and 0 < whole["iou"] < 1
+        for rows in (1, 7, 64):
+            assert evaluate_mask_raster(pred_path, ref_path, tolerance_px=tolerance, strip_rows=rows) == whole
