@@ -77,14 +77,23 @@ def qgis_process(plugin_zip, tmp_path):
 
 
 def test_qgis_process_segments_with_the_installed_plugin(qgis_process, known_scene, constant_bundle_path, tmp_path):
-    footprints = tmp_path / "out" / "footprints.gpkg"
+    out = tmp_path / "out"
+    footprints = out / "footprints.gpkg"
 
     stdout = qgis_process("minec2f:segment", INPUT=known_scene, MODEL=constant_bundle_path,
+                          OUTPUT_PROBABILITY=out / "prob.tif", OUTPUT_MASK=out / "mask.tif",
                           OUTPUT_FOOTPRINTS=footprints)
 
     assert "FOOTPRINT_COUNT:\t2" in stdout
     layer = QgsVectorLayer(f"{footprints}|layername=footprints", "footprints", "ogr")
     assert sorted(f["area_ha"] for f in layer.getFeatures()) == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
+    # the model's outputs chained headless: footprints of 5 ha or more, and the mask scored against the footprints
+    stdout = qgis_process("minec2f:polygonize", INPUT=out / "prob.tif", MIN_AREA_HA=5,
+                          OUTPUT_FOOTPRINTS=out / "big.gpkg")
+    assert "FOOTPRINT_COUNT:\t1" in stdout
+    stdout = qgis_process("minec2f:evaluate", PREDICTION=out / "mask.tif", REFERENCE=footprints)
+    scores = dict(line.split(":\t") for line in stdout.splitlines() if ":\t" in line)
+    assert float(scores["IOU"]) == pytest.approx(1.0, abs=0.01)
 
 
 def test_qgis_process_finetunes_the_bundled_model_when_no_teacher_is_given(qgis_process, tmp_path):
