@@ -21,10 +21,11 @@ from . import dependencies, models
 from .algorithms.common import DEVICES, in_parameter_terms, layer_file
 from .algorithms.finetune_student import DEFAULT_METHOD, FinetuneStudentAlgorithm
 from .algorithms.train_teacher import TrainTeacherAlgorithm
-from .layers import add_results
+from .layers import FOOTPRINTS_LAYER_NAME, add_footprints, add_results
 from .models import available_models, model_card
 
 ALGORITHM_ID = "minec2f:segment"
+POLYGONIZE_ID = "minec2f:polygonize"
 FINETUNE_ID = "minec2f:finetune_student"
 TEACHER_ID = "minec2f:train_teacher"
 # The algorithms' parameters as the dock's fields are labelled, for the errors a run reports.
@@ -62,6 +63,12 @@ def in_dock_terms(message, algorithm):
     return re.sub(r"\b[A-Z][A-Z_]*[A-Z]\b", field, message)
 
 
+def footprint_summary(results):
+    """"3 footprints, 12.5 ha" from the FOOTPRINT_COUNT and TOTAL_AREA_HA of a run's results."""
+    count = int(results["FOOTPRINT_COUNT"])
+    return f"{count} footprint{'' if count == 1 else 's'}, {results['TOTAL_AREA_HA']:,.1f} ha"
+
+
 class MineC2FDock(QgsDockWidget):
     def __init__(self, iface, parent=None):
         super().__init__("MineC2F - Segment mining footprints", parent)
@@ -74,6 +81,7 @@ class MineC2FDock(QgsDockWidget):
         self.models = []
         self.started = 0.0
         self.input_name = ""
+        self.last_result = None  # (probability raster, group name) of the last segment run, for re-thresholding
         self._build()
         self.missing = dependencies.missing_requirements()
         if self.missing:
@@ -181,6 +189,13 @@ class MineC2FDock(QgsDockWidget):
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
         column.addLayout(buttons)
+        self.rethreshold_button = QPushButton("Re-threshold the last result")
+        self.rethreshold_button.setEnabled(False)
+        self.rethreshold_button.setToolTip("New footprints of the last result at the threshold and minimum area "
+                                           "set above, from its probability raster, without running the model "
+                                           "(seconds); added to its group, the earlier files are kept")
+        self.rethreshold_button.clicked.connect(self.rethreshold)
+        column.addWidget(self.rethreshold_button)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
@@ -439,6 +454,34 @@ class MineC2FDock(QgsDockWidget):
         self.input_name = self.layer_box.currentLayer().name()
         self.start(ALGORITHM_ID, parameters, "Segmenting...", self.segmented)
 
+    def rethreshold_parameters(self):
+        """minec2f:polygonize parameters for the last result at the current threshold and minimum area, with
+        output names beside it that say both and overwrite nothing."""
+        prob_path = Path(self.last_result[0])
+        if not prob_path.exists():
+            raise QgsProcessingException(f"the last result's probability raster {prob_path} is gone; run Segment "
+                                         "mining footprints again")
+        threshold, min_area = self.threshold_box.value(), self.min_area_box.value()
+        stem = prob_path.stem.removesuffix("_prob") or prob_path.stem
+        number = 1
+        while True:
+            name = f"{stem}_t{threshold:g}_min{min_area:g}ha" + (f"_{number}" if number > 1 else "")
+            mask, footprints = (prob_path.parent / f"{name}{end}" for end in ("_mask.tif", "_footprints.gpkg"))
+            if not (mask.exists() or footprints.exists()):
+                break
+            number += 1
+        return {"INPUT": str(prob_path), "THRESHOLD": threshold, "MIN_AREA_HA": min_area,
+                "OUTPUT_MASK": str(mask), "OUTPUT_FOOTPRINTS": str(footprints)}
+
+    def rethreshold(self):
+        """Start minec2f:polygonize on the last result's probability raster as a background task."""
+        try:
+            parameters = self.rethreshold_parameters()
+        except QgsProcessingException as error:
+            self.show_error(error.args[0] if error.args else str(error))
+            return
+        self.start(POLYGONIZE_ID, parameters, "Tracing footprints...", self.rethresholded)
+
     def finetune(self):
         """Start minec2f:finetune_student (or train_teacher) as a background task, into the user models folder."""
         try:
@@ -469,6 +512,7 @@ class MineC2FDock(QgsDockWidget):
 
     def set_running(self, running):
         self.run_button.setEnabled(not running)
+        self.rethreshold_button.setEnabled(not running and self.last_result is not None)
         self.finetune_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
@@ -500,12 +544,31 @@ class MineC2FDock(QgsDockWidget):
             self.show_error(f"the results were written to {Path(parameters['OUTPUT_FOOTPRINTS']).parent} but could "
                             f"not be added to the map: {error}")
             return
+        self.last_result = (results["OUTPUT_PROBABILITY"], self.input_name)
+        self.rethreshold_button.setEnabled(True)
         seconds = time.monotonic() - self.started
         folder = Path(parameters["OUTPUT_FOOTPRINTS"]).parent
-        self.status.setText(f"<b>{int(results['FOOTPRINT_COUNT'])} footprints, {results['TOTAL_AREA_HA']:,.1f} ha</b>"
+        self.status.setText(f"<b>{footprint_summary(results)}</b>"
                             f" in {seconds:.1f} s; files in {folder.name}/<br>"
                             f"{html.escape(in_dock_terms(results['REFLECTANCE'], self.algorithm), quote=False)}")
         self.status.setToolTip(str(folder))
+
+    def rethresholded(self, results, parameters):
+        if results is None:
+            self.status.setText("Cancelled; no output was written.")
+            return
+        setting = f"threshold {parameters['THRESHOLD']:g}, minimum area {parameters['MIN_AREA_HA']:g} ha"
+        try:
+            add_footprints(self.last_result[1], results["OUTPUT_FOOTPRINTS"], f"{FOOTPRINTS_LAYER_NAME} ({setting})")
+        except ValueError as error:
+            self.show_error(f"the footprints were written to {results['OUTPUT_FOOTPRINTS']} but could not be added "
+                            f"to the map: {error}")
+            return
+        footprints = Path(results["OUTPUT_FOOTPRINTS"])
+        files = footprints.stem[: -len("_footprints")]
+        self.status.setText(f"<b>{footprint_summary(results)}</b> at {setting}; files {html.escape(files)}_* in "
+                            f"{html.escape(footprints.parent.name)}/")
+        self.status.setToolTip(str(footprints.parent))
 
     def finetuned(self, results, parameters):
         """Offer the new model (or, after cancelling, the best one so far) in the model list, selected."""

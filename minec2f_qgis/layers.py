@@ -41,11 +41,9 @@ def add_results(input_name, prob_path, footprints_path, project=None, canvas=Non
     top of the layer tree; zoom ``canvas`` to the footprints (to the raster when there are none) when they are not
     all in its view. Returns (group, layers)."""
     project = project or QgsProject.instance()
-    footprints = QgsVectorLayer(f"{footprints_path}|layername=footprints", FOOTPRINTS_LAYER_NAME, "ogr")
+    footprints = _load_footprints(footprints_path, FOOTPRINTS_LAYER_NAME)
     probability = QgsRasterLayer(str(prob_path), PROBABILITY_LAYER_NAME)
-    for layer in (footprints, probability):
-        if not layer.isValid():
-            raise ValueError(f"cannot load {layer.source()}; the file is missing or unreadable")
+    _check_loaded(probability)
     group = project.layerTreeRoot().insertGroup(0, input_name)
     for layer, style in ((footprints, FOOTPRINTS_STYLE), (probability, PROBABILITY_STYLE)):
         apply_style(layer, style)
@@ -60,3 +58,26 @@ def add_results(input_name, prob_path, footprints_path, project=None, canvas=Non
             canvas.setExtent(extent)
         canvas.refresh()
     return group, [footprints, probability]
+
+
+def add_footprints(group_name, footprints_path, layer_name, project=None):
+    """Add the footprint polygons of ``footprints_path``, styled and named ``layer_name``, at the top of the group
+    ``group_name`` (made at the top of the layer tree if it is gone). Returns the layer."""
+    project = project or QgsProject.instance()
+    footprints = _load_footprints(footprints_path, layer_name)
+    apply_style(footprints, FOOTPRINTS_STYLE)
+    root = project.layerTreeRoot()
+    group = root.findGroup(group_name) or root.insertGroup(0, group_name)
+    project.addMapLayer(footprints, False)
+    group.insertLayer(0, footprints)
+    return footprints
+
+
+def _load_footprints(path, name):
+    return _check_loaded(QgsVectorLayer(f"{path}|layername=footprints", name, "ogr"))
+
+
+def _check_loaded(layer):
+    if not layer.isValid():
+        raise ValueError(f"cannot load {layer.source()}; the file is missing or unreadable")
+    return layer

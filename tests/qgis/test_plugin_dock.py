@@ -99,7 +99,7 @@ def test_polygons_chosen_not_to_segment_are_left_out(dock):
     assert dock.parameters()["EXCLUDE"] == water.id()
     dock.run_button.click()
     wait_for_task(dock)
-    assert "1 footprints, 12.0 ha" in dock.status.text(), dock.status.text()
+    assert "1 footprint, 12.0 ha" in dock.status.text(), dock.status.text()
 
 
 def test_cancel_adds_nothing(dock, tmp_path):
@@ -178,3 +178,31 @@ def test_results_that_cannot_be_loaded_are_reported_with_where_they_are(dock, mo
     assert f"the results were written to {tmp_path / 'results'} but could not be added to the map: cannot load " \
         "footprints.gpkg" in dock.status.text(), dock.status.text()
     assert dock.run_button.isEnabled()
+
+
+def test_another_threshold_and_minimum_area_apply_to_the_last_result_without_the_model(dock, tmp_path):
+    assert not dock.rethreshold_button.isEnabled()  # nothing to apply them to yet
+    dock.run_button.click()
+    wait_for_task(dock)
+    results = tmp_path / "results"
+    before = sorted(p.name for p in results.iterdir())
+
+    dock.min_area_box.setValue(5.0)  # drops the 4 ha footprint
+    dock.rethreshold_button.click()
+    wait_for_task(dock)
+    assert "1 footprint, 12.0 ha</b> at threshold 0.5, minimum area 5 ha" in dock.status.text(), dock.status.text()
+    group = QgsProject.instance().layerTreeRoot().findGroup("Known scene")
+    newest = group.findLayers()[0].layer()
+    assert newest.name() == f"{FOOTPRINTS_LAYER_NAME} (threshold 0.5, minimum area 5 ha)"
+    assert newest.featureCount() == 1 and isinstance(newest.renderer(), QgsSingleSymbolRenderer)
+    assert len(group.findLayers()) == 3  # beside the run's footprints and probability
+    assert sorted(p.name for p in results.iterdir()) == sorted(before + [
+        "known_scene_t0.5_min5ha_footprints.gpkg", "known_scene_t0.5_min5ha_mask.tif"])
+
+    dock.rethreshold_button.click()  # the same settings again: new files, the first ones kept
+    wait_for_task(dock)
+    assert (results / "known_scene_t0.5_min5ha_2_footprints.gpkg").exists()
+
+    (results / "known_scene_prob.tif").unlink()
+    dock.rethreshold_button.click()
+    assert dock.task is None and "probability raster" in dock.status.text() and "is gone" in dock.status.text()
