@@ -457,12 +457,14 @@ class MineC2FDock(QgsDockWidget):
     def rethreshold_parameters(self):
         """minec2f:polygonize parameters for the last result at the current threshold and minimum area, with
         output names beside it that say both and overwrite nothing."""
+        from model_core.pipeline import scene_stem
+
         prob_path = Path(self.last_result[0])
         if not prob_path.exists():
             raise QgsProcessingException(f"the last result's probability raster {prob_path} is gone; run Segment "
                                          "mining footprints again")
         threshold, min_area = self.threshold_box.value(), self.min_area_box.value()
-        stem = prob_path.stem.removesuffix("_prob") or prob_path.stem
+        stem = scene_stem(prob_path)
         number = 1
         while True:
             name = f"{stem}_t{threshold:g}_min{min_area:g}ha" + (f"_{number}" if number > 1 else "")

@@ -127,9 +127,10 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
     reference = Path(reference)
     ref_is_raster = reference.suffix.lower() in (".tif", ".tiff", ".vrt", ".img")
     with rasterio.open(pred_path) as src, (rasterio.open(reference) if ref_is_raster else nullcontext()) as ref_src:
-        content = read_output_tags(src).get("content")
+        tags = read_output_tags(src)
+        content = tags.get("content")
         if content == PROBABILITY_CONTENT:
-            threshold = float(read_output_tags(src).get("threshold", 0.5) if threshold is None else threshold)
+            threshold = float(tags.get("threshold", 0.5) if threshold is None else threshold)
             if not 0.0 < threshold < 1.0:
                 raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
         elif threshold is not None:

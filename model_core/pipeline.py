@@ -1,11 +1,10 @@
 """segment_scene: raster + model bundle -> probability raster, footprint mask and footprint polygons;
 polygonize_probability: that probability raster -> a new mask and polygons at another threshold or minimum area.
 
-The entry points the CLI and the QGIS plugin call. It checks everything it can before any work (outputs
+The entry points the CLI and the QGIS plugin call. Each checks everything it can before any work (outputs
 writable and not in the way, input readable and georeferenced, bands and radiometry resolved, parameters sane),
-then runs inference and vectorizing into temporary files next to the outputs, and renames them only when all
-succeeded: a failed or cancelled run leaves nothing behind, and nothing the user had is touched unless
-``overwrite`` is asked for.
+then writes its outputs into temporary files next to them, and renames them only when all succeeded: a failed or
+cancelled run leaves nothing behind, and nothing the user had is touched unless ``overwrite`` is asked for.
 
 With ``bounds`` (xmin, ymin, xmax, ymax in the raster's CRS) only that extent is segmented; the outputs then
 cover the input pixels that intersect it (the bounds snapped outward to the input's pixel grid), so they stay
@@ -125,12 +124,15 @@ class PolygonizeResult:
     min_area_ha: float
 
 
+def scene_stem(prob_path):
+    """The scene's name in the name of a probability raster: without ".tif" and a trailing "_prob"."""
+    return Path(prob_path).stem.removesuffix("_prob") or Path(prob_path).stem
+
+
 def polygonize_outputs(prob_path, out_dir):
     """Default outputs of :func:`polygonize_probability` in ``out_dir``: <stem>_mask.tif and
-    <stem>_footprints.gpkg, <stem> being the name of ``prob_path`` without ".tif" and a trailing "_prob"."""
-    stem = Path(prob_path).stem
-    stem = stem[: -len("_prob")] if stem.endswith("_prob") and len(stem) > len("_prob") else stem
-    out_dir = Path(out_dir)
+    <stem>_footprints.gpkg, <stem> from :func:`scene_stem`."""
+    stem, out_dir = scene_stem(prob_path), Path(out_dir)
     return out_dir / f"{stem}_mask.tif", out_dir / f"{stem}_footprints.gpkg"
 
 
