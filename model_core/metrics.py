@@ -156,6 +156,11 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
                 pred, valid = prob >= threshold, valid & valid_prob
             else:
                 pred = values == 1
+                other = values[valid & ~pred & (values != 0)]
+                if other.size:
+                    raise InputError(f"{Path(pred_path).name} holds {other[0]:g} where a footprint mask holds 1 "
+                                     "(footprint) or 0; give the <name>_mask.tif or <name>_prob.tif that segment "
+                                     "wrote, or a mask of 0 and 1")
             if ref_is_raster:
                 ref = ref_src.read(1, window=window) == 1
                 valid &= ref_src.read_masks(1, window=window) > 0

@@ -147,10 +147,15 @@ def test_evaluate_scores_only_inside_the_labelled_extent(tmp_path):
         evaluate_mask_raster(mask_path, reference, tolerance_px=-1)
 
 
-def test_evaluate_refuses_a_prediction_without_valid_pixels(tmp_path):
+def test_evaluate_refuses_a_prediction_without_valid_pixels_or_that_is_no_mask(tmp_path, make_raster):
+    reference = polygon_file(tmp_path / "ref.gpkg", [(5, 5, 15, 15)])
     mask_path = write_engine_output(tmp_path / "m.tif", np.full((20, 20), 255), "footprint mask")
     with pytest.raises(InputError, match="m.tif has no valid pixel"):
-        evaluate_mask_raster(mask_path, polygon_file(tmp_path / "ref.gpkg", [(5, 5, 15, 15)]))
+        evaluate_mask_raster(mask_path, reference)
+    # a probability raster without MineC2F's tags, or a mask of 0 and 255 without nodata, is not scored as a mask
+    untagged = make_raster("untagged.tif", np.array([[0, 1, 128, 254]] * 4, np.uint8))
+    with pytest.raises(InputError, match="untagged.tif holds 128 where a footprint mask holds 1"):
+        evaluate_mask_raster(untagged, reference)
 
 
 def test_evaluate_in_strips_scores_exactly_as_the_whole_arrays(tmp_path, make_raster):
