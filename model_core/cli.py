@@ -29,8 +29,7 @@ def add_segment_command(subparsers):
     parser.add_argument("--overlap", type=int, metavar="N", help="overlap between tiles in pixels")
     parser.add_argument("--batch", type=int, metavar="N",
                         help="tiles per model call (default: 1 on the CPU, 4 on CUDA)")
-    parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
-    parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
+    _add_footprint_arguments(parser)
     parser.add_argument("--bands", metavar="B02=1,B03=2,...",
                         help="raster band (1-based) for each model band, when names/layout do not tell")
     _add_radiometry_arguments(parser, "(default: from the raster's metadata or detected)")
@@ -65,6 +64,12 @@ def run_segment(args):
     print(f"probability: {result.prob_path}")
     print(f"mask:        {result.mask_path}")
     print(f"footprints:  {result.footprints_path}")
+
+
+def _add_footprint_arguments(parser):
+    """--threshold and --min-area-ha: how probabilities become footprint polygons."""
+    parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
+    parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
 
 
 class _ProgressPrinter:
@@ -257,8 +262,7 @@ def add_polygonize_command(subparsers):
                     "minimum area are those segment used.")
     parser.add_argument("input", metavar="PROB.tif", help="probability raster written by segment")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the outputs (created if missing)")
-    parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
-    parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
+    _add_footprint_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(handler=run_polygonize)
 

@@ -26,11 +26,14 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
     packages are missing, so the algorithms stay listed (and explain themselves) in any QGIS. ``ENGINE_OPTIONS``
     maps the command-line options that engine messages name to this algorithm's parameters."""
     BANDS = "BANDS"
+    THRESHOLD = "THRESHOLD"
+    MIN_AREA_HA = "MIN_AREA_HA"
     SCALE = "SCALE"
     OFFSET = "OFFSET"
     ENGINE_OPTIONS = {"--bands": BANDS}
     RASTER_HINT = "choose a raster layer or file"  # for a layer given to a raster parameter that is not a raster
     RADIOMETRY_OPTIONS = {"--scale": SCALE, "--offset": OFFSET}  # for algorithms with radiometry_parameters()
+    FOOTPRINT_OPTIONS = {"--threshold": THRESHOLD, "--min-area-ha": MIN_AREA_HA}  # with footprint_parameters()
 
     def icon(self):
         return QIcon(str(ICON_PATH))
@@ -108,6 +111,15 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
             parameters.append(advanced(QgsProcessingParameterNumber(
                 name, label, QgsProcessingParameterNumber.Double, optional=True)))
         return parameters
+
+    def footprint_parameters(self, unset):
+        """Optional THRESHOLD and MIN_AREA_HA (how probabilities become footprints); ``unset`` says what then."""
+        return [QgsProcessingParameterNumber(
+                    self.THRESHOLD, f"Probability threshold (not set: {unset})", QgsProcessingParameterNumber.Double,
+                    optional=True, minValue=0.0, maxValue=1.0),
+                QgsProcessingParameterNumber(
+                    self.MIN_AREA_HA, f"Minimum footprint area in hectares (not set: {unset})",
+                    QgsProcessingParameterNumber.Double, optional=True, minValue=0.0)]
 
     def radiometry(self, parameters, context):
         """{"scale": ..., "offset": ...} for the engine, None where not set (read from the raster)."""

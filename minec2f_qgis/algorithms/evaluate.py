@@ -30,10 +30,9 @@ class EvaluateAlgorithm(MineC2FAlgorithm):
     PREDICTION = "PREDICTION"
     REFERENCE = "REFERENCE"
     EXTENT = "EXTENT"
-    THRESHOLD = "THRESHOLD"
     TOLERANCE_PX = "TOLERANCE_PX"
     OUTPUT = "OUTPUT"
-    ENGINE_OPTIONS = {"--reference": REFERENCE, "--extent": EXTENT, "--threshold": THRESHOLD}
+    ENGINE_OPTIONS = {"--reference": REFERENCE, "--extent": EXTENT, "--threshold": MineC2FAlgorithm.THRESHOLD}
     RASTER_HINT = "choose the footprint mask or probability raster that Segment mining footprints wrote"
 
     def name(self):

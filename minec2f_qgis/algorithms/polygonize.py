@@ -1,8 +1,7 @@
 """minec2f:polygonize - a footprint probability raster to a new mask and polygons, without running the model."""
 
-from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterVectorDestination)
+from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingParameterRasterDestination,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorDestination)
 
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE
@@ -25,13 +24,11 @@ Output files that exist are replaced, as in every Processing algorithm; a cancel
 
 class PolygonizeAlgorithm(MineC2FAlgorithm):
     INPUT = "INPUT"
-    THRESHOLD = "THRESHOLD"
-    MIN_AREA_HA = "MIN_AREA_HA"
     OUTPUT_MASK = "OUTPUT_MASK"
     OUTPUT_FOOTPRINTS = "OUTPUT_FOOTPRINTS"
     FOOTPRINT_COUNT = "FOOTPRINT_COUNT"
     TOTAL_AREA_HA = "TOTAL_AREA_HA"
-    ENGINE_OPTIONS = {"--threshold": THRESHOLD, "--min-area-ha": MIN_AREA_HA}
+    ENGINE_OPTIONS = MineC2FAlgorithm.FOOTPRINT_OPTIONS
     RASTER_HINT = "choose the footprint probability raster that Segment mining footprints wrote"
 
     def name(self):
@@ -48,12 +45,8 @@ class PolygonizeAlgorithm(MineC2FAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Footprint probability raster"))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold (not set: the one Segment used)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA_HA, "Minimum footprint area in hectares (not set: the one Segment used)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+        for parameter in self.footprint_parameters("the one Segment used"):
+            self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, "Footprint mask", optional=True,
                                                                   createByDefault=True))
         self.addParameter(QgsProcessingParameterVectorDestination(

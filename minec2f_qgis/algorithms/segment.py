@@ -45,8 +45,6 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     INPUT = "INPUT"
     MODEL = "MODEL"
     DEVICE = "DEVICE"
-    THRESHOLD = "THRESHOLD"
-    MIN_AREA_HA = "MIN_AREA_HA"
     TILE_SIZE = "TILE_SIZE"
     OVERLAP = "OVERLAP"
     EXTENT = "EXTENT"
@@ -57,9 +55,9 @@ class SegmentAlgorithm(MineC2FAlgorithm):
     FOOTPRINT_COUNT = "FOOTPRINT_COUNT"
     TOTAL_AREA_HA = "TOTAL_AREA_HA"
     REFLECTANCE = "REFLECTANCE"
-    ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS, "--model": MODEL,
-                      "--device": DEVICE, "--tile": TILE_SIZE, "--overlap": OVERLAP, "--threshold": THRESHOLD,
-                      "--min-area-ha": MIN_AREA_HA, "--bounds": EXTENT, "--exclude": EXCLUDE}
+    ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, **MineC2FAlgorithm.RADIOMETRY_OPTIONS,
+                      **MineC2FAlgorithm.FOOTPRINT_OPTIONS, "--model": MODEL, "--device": DEVICE, "--tile": TILE_SIZE,
+                      "--overlap": OVERLAP, "--bounds": EXTENT, "--exclude": EXCLUDE}
     RASTER_HINT = "choose the multispectral raster layer or file to segment"
 
     def name(self):
@@ -84,12 +82,8 @@ class SegmentAlgorithm(MineC2FAlgorithm):
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, "Device", options=[label for _, label in DEVICES], defaultValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, "Probability threshold (not set: the model's)", QgsProcessingParameterNumber.Double,
-            optional=True, minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA_HA, "Minimum footprint area in hectares (not set: the model's)",
-            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0))
+        for parameter in self.footprint_parameters("the model's"):
+            self.addParameter(parameter)
         for name, label, minimum in ((self.TILE_SIZE, "Tile size in pixels (not set: the model's)", 32),
                                      (self.OVERLAP, "Tile overlap in pixels (not set: the model's)", 0)):
             self.addParameter(advanced(QgsProcessingParameterNumber(
