@@ -32,16 +32,13 @@ import csv
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.features
-import shapely
 import torch
-from osgeo import ogr, osr
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -49,8 +46,8 @@ from rasterio.windows import Window
 from . import defaults
 from .bands import Band, Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
+from .polygons import crs_name, overlapping, read_polygons, reproject_polygons
 from .rasters import valid_pixels
-from .vectorize import _polygonal
 
 IGNORE = 255
 MIN_CHIP_SIZE = 16  # px: the smallest chip a 4-level encoder (stride 16) can take
@@ -68,19 +65,6 @@ BALANCED_SPLIT = 0.5
 SPLIT_ORDERS = 16
 
 _STRIP_ROWS = 256
-
-
-@dataclass
-class PolygonLayer:
-    """Polygons read from a vector file: shapely geometries in the layer's CRS (``crs_wkt``; None if unset)."""
-    path: str
-    layer: str
-    geometries: list
-    crs_wkt: str | None
-    repaired: int  # invalid geometries that were repaired
-
-    def describe_crs(self):
-        return _crs_name(self.crs_wkt) if self.crs_wkt else "not set"
 
 
 @dataclass
@@ -124,81 +108,6 @@ class Chip:
         return Window(self.col, self.row, self.size, self.size)
 
 
-# ---------------------------------------------------------------------------------------------- polygons
-
-def read_polygons(path, layer=None, *, allow_empty=False, log=None, what="polygon file"):
-    """Read the polygons of ``layer`` (default: the first) of a GeoPackage/Shapefile/GeoJSON/... with OGR.
-    Invalid geometries are repaired (``shapely.make_valid``) and counted; non-polygon parts are dropped.
-    A layer without polygons is refused unless ``allow_empty``. ``what``: the file's role, for messages."""
-    log = log or (lambda message: None)
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist; check the path")
-    with _ogr_exceptions():
-        try:
-            source, reason = ogr.Open(str(path)), "not a vector format GDAL knows"
-        except RuntimeError as exc:
-            source, reason = None, str(exc)
-        if source is None:
-            raise InputError(f"cannot read {path} as a vector layer ({reason}); give a GeoPackage, Shapefile or "
-                             "GeoJSON file")
-        if layer is None:
-            if source.GetLayerCount() == 0:
-                raise InputError(f"{path} holds no vector layer; give a file with a polygon layer")
-            ogr_layer = source.GetLayer(0)
-        else:
-            ogr_layer = source.GetLayerByName(layer)
-            if ogr_layer is None:
-                names = [source.GetLayer(i).GetName() for i in range(source.GetLayerCount())]
-                raise InputError(f"{path} has no layer {layer!r} (layers: {', '.join(names)}); pick one of those")
-        srs = ogr_layer.GetSpatialRef()
-        geometries, repaired = [], 0
-        for feature in ogr_layer:
-            geometry = feature.GetGeometryRef()
-            if geometry is None or geometry.IsEmpty():
-                continue
-            geometry = geometry.GetLinearGeometry()
-            geometry.FlattenTo2D()
-            shape = shapely.from_wkb(bytes(geometry.ExportToWkb()))
-            if not shape.is_valid:
-                shape = shapely.make_valid(shape)
-                repaired += 1
-            shape = _polygonal(shape)
-            if not shape.is_empty:
-                geometries.append(shape)
-        name = ogr_layer.GetName()
-    if not geometries and not allow_empty:
-        raise InputError(f"layer {name!r} of {path} has no polygons; digitise footprint polygons or pick "
-                         "another layer")
-    if repaired:
-        log(f"{path.name}: repaired {repaired} invalid geometries")
-    return PolygonLayer(str(path), name, geometries, srs.ExportToWkt() if srs else None, repaired)
-
-
-def reproject_polygons(polygons, crs_wkt):
-    """``polygons.geometries`` in the CRS ``crs_wkt`` (OSR transform, x/y axis order). Unchanged if either CRS is
-    unset or both are the same. Geometries that cannot be transformed (far outside the CRS's area) are dropped."""
-    if not polygons.crs_wkt or not crs_wkt:
-        return list(polygons.geometries)
-    source, target = _srs(polygons.crs_wkt), _srs(crs_wkt)
-    if source.IsSame(target):
-        return list(polygons.geometries)
-    transform = osr.CoordinateTransformation(source, target)
-    reprojected = []
-    with _ogr_exceptions():
-        for shape in polygons.geometries:
-            geometry = ogr.CreateGeometryFromWkb(shapely.to_wkb(shape))
-            try:
-                geometry.Transform(transform)
-            except RuntimeError:
-                continue
-            shape = shapely.from_wkb(bytes(geometry.ExportToWkb()))
-            shape = _polygonal(shape if shape.is_valid else shapely.make_valid(shape))
-            if not shape.is_empty:
-                reprojected.append(shape)
-    return reprojected
-
-
 # ---------------------------------------------------------------------------------------------- labels
 
 def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_mapping=None, scale=None,
@@ -231,21 +140,21 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
         shape, transform = (src.height, src.width), src.transform
         footprints = overlapping(reproject_polygons(polygons, raster_wkt), src.bounds)
         if polygons.crs_wkt is None:
-            log(f"{Path(polygons.path).name} has no CRS; assuming the raster's ({_crs_name(raster_wkt)})")
+            log(f"{Path(polygons.path).name} has no CRS; assuming the raster's ({crs_name(raster_wkt)})")
         labelled = np.ones(shape, dtype=bool)
         if extent is not None:
             extent_shapes = overlapping(reproject_polygons(extent, raster_wkt), src.bounds)
             if not extent_shapes:
                 raise InputError(
                     f"the labelled extent {Path(extent.path).name} does not overlap {path.name} (raster CRS "
-                    f"{_crs_name(raster_wkt)}, extent CRS {extent.describe_crs()}); draw the extent over the "
+                    f"{crs_name(raster_wkt)}, extent CRS {extent.describe_crs()}); draw the extent over the "
                     "imagery or leave it out")
             labelled = rasterio.features.rasterize(extent_shapes, out_shape=shape, transform=transform,
                                                    fill=0, default_value=1, dtype="uint8").astype(bool)
         elif not footprints:
             raise InputError(
                 f"{path.name}: none of the {len(polygons.geometries)} polygons overlap the raster extent (raster CRS "
-                f"{_crs_name(raster_wkt)}, polygons CRS {polygons.describe_crs()}); check you picked the right "
+                f"{crs_name(raster_wkt)}, polygons CRS {polygons.describe_crs()}); check you picked the right "
                 "layer/raster")
         labels = (rasterio.features.rasterize(footprints, out_shape=shape, transform=transform, fill=BACKGROUND,
                                               default_value=FOOTPRINT, dtype="uint8")
@@ -785,35 +694,3 @@ def _move_into_place(staging, out_dir):
     os.rename(staging, out_dir)
     shutil.rmtree(old, ignore_errors=True)
 
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-@contextmanager
-def _ogr_exceptions():
-    """OGR raises RuntimeError instead of returning None inside this block."""
-    was_on = ogr.GetUseExceptions()
-    ogr.UseExceptions()
-    try:
-        yield
-    finally:
-        if not was_on:
-            ogr.DontUseExceptions()
-
-
-def _srs(wkt):
-    srs = osr.SpatialReference()
-    srs.ImportFromWkt(wkt)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs
-
-
-def _crs_name(wkt):
-    srs = _srs(wkt)
-    code = srs.GetAuthorityCode(None)
-    return f"{srs.GetName()} ({srs.GetAuthorityName(None)}:{code})" if code else srs.GetName()
-
-
-def overlapping(geometries, bounds):
-    """The ``geometries`` that intersect the box ``bounds`` (xmin, ymin, xmax, ymax)."""
-    box = shapely.box(*bounds)
-    return [g for g in geometries if g.intersects(box)]

@@ -186,7 +186,7 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
 
 def _polygons_in(path, layer, crs_wkt, what):
     """The polygons of ``path`` (any CRS) in the CRS ``crs_wkt``."""
-    from .data import read_polygons, reproject_polygons
+    from .polygons import read_polygons, reproject_polygons
 
     return reproject_polygons(read_polygons(path, layer, what=what), crs_wkt)
 
@@ -195,7 +195,7 @@ def _rasterize(shapes, bounds, shape, transform):
     """[H, W] bool: pixels of the grid (``shape``, ``transform``; ``bounds``) whose centre is inside ``shapes``."""
     import rasterio.features
 
-    from .data import overlapping
+    from .polygons import overlapping
 
     shapes = overlapping(shapes, bounds)
     if not shapes:

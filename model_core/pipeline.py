@@ -24,7 +24,7 @@ from rasterio.windows import Window
 
 from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, ModelSpec, load_bundle
-from .data import overlapping, read_polygons, reproject_polygons
+from .polygons import overlapping, read_polygons, reproject_polygons
 from .device import resolve_device
 from .errors import Cancelled, InputError, OutputError, write_error
 from .infer import PRECISIONS, predict_raster, tiling

@@ -21,8 +21,9 @@ from model_core.bands import DEFAULT_MODEL_BANDS, Radiometry, resolve_radiometry
 from model_core.data import (BALANCED_SPLIT, IGNORE, Augment, BalancedChipSampler, Chip, ChipDataset,
                              _chip_overlaps, _split_by_blocks, build_chip_index, build_datasets,
                              compute_band_stats, export_chips, footprint_balance, label_raster, label_rasters,
-                             read_polygons, select_chips)
+                             select_chips)
 from model_core.errors import Cancelled, InputError, OutputError
+from model_core.polygons import read_polygons
 from model_core.vectorize import write_polygons_gpkg
 
 REAL = Path("/work/shared/data/real")

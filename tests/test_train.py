@@ -18,13 +18,14 @@ from model_core import defaults
 from model_core import train as training
 from model_core.bands import DEFAULT_MODEL_BANDS, Band, RasterBandInfo, match_bands, resolve_radiometry
 from model_core.bundle import load_bundle, save_bundle
-from model_core.data import ChipDataset, build_chip_index, label_raster, read_polygons
+from model_core.data import ChipDataset, build_chip_index, label_raster
 from model_core.device import resolve_device
 from model_core.distill import TeacherReliability
 from model_core.errors import BandMismatchError, Cancelled, InputError, OutputError
 from model_core.infer import predict_raster
 from model_core.metrics import evaluate_mask_raster
 from model_core.nets import build_net
+from model_core.polygons import read_polygons
 from model_core.synthetic import DomainShift, write_scene_set
 from model_core.train import TrainConfig, finetune_student, train_teacher
 from model_core.vectorize import write_polygons_gpkg
