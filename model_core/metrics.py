@@ -109,17 +109,18 @@ def iou_by_threshold(prob_path, reference_mask_path, thresholds):
 
 
 def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, threshold=None, extent=None,
-                         extent_layer=None, strip_rows=EVALUATE_STRIP_ROWS):
+                         extent_layer=None, strip_rows=EVALUATE_STRIP_ROWS, progress=None, is_canceled=None):
     """Scores (as :func:`all_scores`) of a prediction raster against ``reference``: a mask raster on the same grid
     or a polygon layer (any CRS; reprojected and rasterised on the prediction's grid). The prediction is a mask (1
     footprint, 0 background, nodata ignored) or a probability raster written by MineC2F, thresholded at
     ``threshold`` (default: the one it was written with). With ``extent`` (polygons, any CRS: where the reference
     is complete) only the pixels inside it count. Read in strips of ``strip_rows`` rows (with a margin of
-    ``tolerance_px`` + 1 rows for the boundaries), so memory does not grow with the raster's height."""
+    ``tolerance_px`` + 1 rows for the boundaries), so memory does not grow with the raster's height. ``progress``
+    gets 0-100, ``is_canceled()`` True stops it with Cancelled."""
     import rasterio
     from rasterio.windows import Window
 
-    from .errors import InputError
+    from .errors import Cancelled, InputError
     from .rasters import MASK_CONTENT, PROBABILITY_CONTENT, decode_probability, read_output_tags
 
     if int(tolerance_px) < 0:
@@ -146,6 +147,8 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
         halo = int(tolerance_px) + 1
         counts = np.zeros(9, dtype=np.int64)  # confusion (3), boundary (4), valid pixels, of them inside the extent
         for top in range(0, src.height, strip_rows):
+            if is_canceled is not None and is_canceled():
+                raise Cancelled("scoring was cancelled")
             bottom = min(src.height, top + strip_rows)
             start, stop = max(0, top - halo), min(src.height, bottom + halo)
             window = Window(0, start, src.width, stop - start)
@@ -173,6 +176,8 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
                 counts[8] += np.count_nonzero(valid[core])
             counts[:3] += confusion_counts(pred[core], ref[core], valid[core])[:3]
             counts[3:7] += boundary_counts(pred, ref, tolerance_px, valid, rows=core)
+            if progress is not None:
+                progress(100.0 * bottom / src.height)
     if counts[7] == 0:
         raise InputError(f"{Path(pred_path).name} has no valid pixel (all nodata); give the mask or probability "
                          "raster segment wrote")

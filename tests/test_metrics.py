@@ -5,7 +5,7 @@ import pytest
 import rasterio
 import shapely
 
-from model_core.errors import InputError
+from model_core.errors import Cancelled, InputError
 from model_core.metrics import (all_scores, boundary, boundary_f1, evaluate_mask_raster, iou_by_threshold,
                                 segmentation_scores)
 from model_core.vectorize import write_polygons_gpkg
@@ -175,3 +175,8 @@ def test_evaluate_in_strips_scores_exactly_as_the_whole_arrays(tmp_path, make_ra
         assert 0 < whole["boundary_f1"] < 1 and 0 < whole["iou"] < 1
         for rows in (1, 7, 64):
             assert evaluate_mask_raster(pred_path, ref_path, tolerance_px=tolerance, strip_rows=rows) == whole
+    reported = []
+    evaluate_mask_raster(pred_path, ref_path, strip_rows=20, progress=reported.append)
+    assert reported == pytest.approx([100 * 20 / 61, 100 * 40 / 61, 100 * 60 / 61, 100.0])
+    with pytest.raises(Cancelled, match="scoring was cancelled"):
+        evaluate_mask_raster(pred_path, ref_path, strip_rows=20, is_canceled=lambda: True)

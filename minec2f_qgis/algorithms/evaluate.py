@@ -84,7 +84,8 @@ class EvaluateAlgorithm(MineC2FAlgorithm):
         scores = evaluate_mask_raster(
             prediction, self.reference, extent=self.extent,
             threshold=self.optional_number(parameters, self.THRESHOLD, context, float),
-            tolerance_px=self.parameterAsInt(parameters, self.TOLERANCE_PX, context))
+            tolerance_px=self.parameterAsInt(parameters, self.TOLERANCE_PX, context),
+            progress=feedback.setProgress, is_canceled=feedback.isCanceled)
         feedback.pushInfo("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
         results = {name.upper(): value for name, value in scores.items()}
         fields = QgsFields()
