@@ -24,10 +24,10 @@ from rasterio.windows import Window
 
 from .bands import Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .bundle import Bundle, ModelSpec, load_bundle
-from .polygons import overlapping, read_polygons, reproject_polygons
 from .device import resolve_device
 from .errors import Cancelled, InputError, OutputError, write_error
 from .infer import PRECISIONS, predict_raster, tiling
+from .polygons import overlapping, read_polygons, reproject_polygons
 from .rasters import (MASK_CONTENT, PROB_FORMATS, PROBABILITY_CONTENT, TAGS, decode_probability, mask_profile,
                       output_tags, read_output_tags, threshold_mask)
 from .vectorize import check_crs_convertible, polygonize
