@@ -121,7 +121,7 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
     from rasterio.windows import Window
 
     from .errors import Cancelled, InputError
-    from .rasters import MASK_CONTENT, PROBABILITY_CONTENT, decode_probability, read_output_tags
+    from .rasters import MASK_CONTENT, PROBABILITY_CONTENT, check_threshold, decode_probability, read_output_tags
 
     if int(tolerance_px) < 0:
         raise InputError(f"boundary tolerance {tolerance_px} px must be 0 or more")
@@ -131,9 +131,7 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
         tags = read_output_tags(src)
         content = tags.get("content")
         if content == PROBABILITY_CONTENT:
-            threshold = float(tags.get("threshold", 0.5) if threshold is None else threshold)
-            if not 0.0 < threshold < 1.0:
-                raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+            threshold = check_threshold(tags.get("threshold", 0.5) if threshold is None else threshold)
         elif threshold is not None:
             kind = "a footprint mask" if content == MASK_CONTENT else "not a probability raster written by MineC2F"
             raise InputError(f"a threshold applies to a probability raster, and {Path(pred_path).name} is {kind}; "

@@ -28,8 +28,8 @@ from .device import resolve_device
 from .errors import Cancelled, InputError, OutputError, write_error
 from .infer import PRECISIONS, predict_raster, tiling
 from .polygons import overlapping, read_polygons, reproject_polygons
-from .rasters import (MASK_CONTENT, PROB_FORMATS, PROBABILITY_CONTENT, TAGS, decode_probability, mask_profile,
-                      output_tags, read_output_tags, threshold_mask)
+from .rasters import (MASK_CONTENT, PROB_FORMATS, PROBABILITY_CONTENT, TAGS, check_threshold, decode_probability,
+                      mask_profile, output_tags, read_output_tags, threshold_mask)
 from .vectorize import check_crs_convertible, polygonize
 
 INFERENCE_SHARE = 90.0  # percent of the progress bar given to inference; the rest is vectorizing
@@ -152,12 +152,9 @@ def polygonize_probability(prob_path, mask_path, footprints_path, *, threshold=N
                        protected=[prob_path]) as staged:
         with open_raster(prob_path) as src:
             tags = probability_tags(src, prob_path)
-            threshold = float(tags["threshold"] if threshold is None else threshold)
-            min_area_ha = float(tags.get("min_area_ha", DEFAULT_MIN_AREA_HA) if min_area_ha is None else min_area_ha)
-            if not 0.0 < threshold < 1.0:
-                raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
-            if min_area_ha < 0:
-                raise InputError(f"minimum area {min_area_ha} ha must be 0 or more")
+            threshold, min_area_ha = _check_footprint_settings(
+                tags["threshold"] if threshold is None else threshold,
+                tags.get("min_area_ha", DEFAULT_MIN_AREA_HA) if min_area_ha is None else min_area_ha)
             check_crs_convertible(src.crs, src.xy(src.height // 2, src.width // 2))
             log(f"{prob_path.name}: footprint where probability >= {threshold:g}, none smaller than "
                 f"{min_area_ha:g} ha")
@@ -338,8 +335,12 @@ def _check_parameters(spec, tile, overlap, batch, threshold, min_area_ha):
                          "--overlap or --tile")
     if batch is not None and int(batch) < 1:
         raise InputError(f"batch size {batch} must be 1 or more")
-    if not 0.0 < float(threshold) < 1.0:
-        raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+    return (tile, overlap, *_check_footprint_settings(threshold, min_area_ha))
+
+
+def _check_footprint_settings(threshold, min_area_ha):
+    """Checked (threshold, min_area_ha) as floats: how probabilities become footprint polygons."""
+    threshold = check_threshold(threshold)
     if float(min_area_ha) < 0:
         raise InputError(f"minimum area {min_area_ha} ha must be 0 or more")
-    return tile, overlap, float(threshold), float(min_area_ha)
+    return threshold, float(min_area_ha)

@@ -17,6 +17,8 @@ thresholded again and scored, and a mask told from it.
 import numpy as np
 from rasterio.enums import MaskFlags
 
+from .errors import InputError
+
 PROB_FORMATS = ("uint8", "float32")
 PROB_UINT8_MAX = 254
 UINT8_NODATA = 255
@@ -79,6 +81,13 @@ def decode_probability(values):
     if values.dtype == np.uint8:
         return values.astype(np.float32) / PROB_UINT8_MAX, values != UINT8_NODATA
     return values.astype(np.float32), np.isfinite(values)
+
+
+def check_threshold(threshold):
+    """``threshold`` as a float, refused unless strictly between 0 and 1."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise InputError(f"threshold {threshold} must be between 0 and 1 (exclusive), e.g. 0.5")
+    return float(threshold)
 
 
 def threshold_mask(prob, valid, threshold):
