@@ -2,6 +2,7 @@
 results on the map; or fine-tune the model on footprints digitised over the raster (minec2f:finetune_student)."""
 
 import html
+import itertools
 import re
 import time
 from pathlib import Path
@@ -61,6 +62,16 @@ def in_dock_terms(message, algorithm):
         return f"'{definition.description()}' (in Processing Toolbox › MineC2F › {algorithm.displayName()})"
 
     return re.sub(r"\b[A-Z][A-Z_]*[A-Z]\b", field, message)
+
+
+def first_free(name, paths_of):
+    """The first of ``name``, ``name_2``, ``name_3``... none of whose files ``paths_of(name)`` exists, and those
+    files: new outputs overwrite nothing."""
+    for number in itertools.count(1):
+        candidate = name if number == 1 else f"{name}_{number}"
+        paths = paths_of(candidate)
+        if not any(path.exists() for path in paths):
+            return candidate, paths
 
 
 def footprint_summary(results):
@@ -392,13 +403,7 @@ class MineC2FDock(QgsDockWidget):
 
         input_path, entry = self.inputs()
         folder = Path(self.folder_widget.filePath() or QgsProcessingUtils.tempFolder())
-        number = 1
-        while True:
-            stem = input_path.stem if number == 1 else f"{input_path.stem}_{number}"
-            paths = output_paths(Path(f"{stem}.tif"), folder)
-            if not any(path.exists() for path in paths):
-                break
-            number += 1
+        _, paths = first_free(input_path.stem, lambda stem: output_paths(Path(f"{stem}.tif"), folder))
         exclude = self.exclude_box.currentLayer()
         return {"INPUT": str(input_path), "MODEL": str(entry.path), "BANDS": self.band_mapping_text(),
                 "DEVICE": [key for key, _ in DEVICES].index(self.device_box.currentData()),
@@ -420,13 +425,8 @@ class MineC2FDock(QgsDockWidget):
         folder.mkdir(parents=True, exist_ok=True)
         name = self.model_name.text().strip()
         if not name:
-            number = 1
-            while True:
-                name = (f"{input_path.stem}_{'teacher' if self.teacher_box.isChecked() else 'finetuned'}"
-                        + (f"_{number}" if number > 1 else ""))
-                if not (folder / f"{name}.safetensors").exists():
-                    break
-                number += 1
+            name, _ = first_free(f"{input_path.stem}_{'teacher' if self.teacher_box.isChecked() else 'finetuned'}",
+                                 lambda candidate: [folder / f"{candidate}.safetensors"])
         elif not re.fullmatch(r"[\w-]+", name):
             raise QgsProcessingException(f"model name '{name}': use letters, digits, '-' and '_' only")
         elif (folder / f"{name}.safetensors").exists():
@@ -465,13 +465,9 @@ class MineC2FDock(QgsDockWidget):
                                          "mining footprints again")
         threshold, min_area = self.threshold_box.value(), self.min_area_box.value()
         stem = scene_stem(prob_path)
-        number = 1
-        while True:
-            name = f"{stem}_t{threshold:g}_min{min_area:g}ha" + (f"_{number}" if number > 1 else "")
-            mask, footprints = (prob_path.parent / f"{name}{end}" for end in ("_mask.tif", "_footprints.gpkg"))
-            if not (mask.exists() or footprints.exists()):
-                break
-            number += 1
+        _, (mask, footprints) = first_free(
+            f"{stem}_t{threshold:g}_min{min_area:g}ha",
+            lambda name: [prob_path.parent / f"{name}{end}" for end in ("_mask.tif", "_footprints.gpkg")])
         return {"INPUT": str(prob_path), "THRESHOLD": threshold, "MIN_AREA_HA": min_area,
                 "OUTPUT_MASK": str(mask), "OUTPUT_FOOTPRINTS": str(footprints)}
 
