@@ -457,7 +457,7 @@ class MineC2FDock(QgsDockWidget):
     def rethreshold_parameters(self):
         """minec2f:polygonize parameters for the last result at the current threshold and minimum area, with
         output names beside it that say both and overwrite nothing."""
-        from model_core.pipeline import scene_stem
+        from model_core.rethreshold import scene_stem
 
         prob_path = Path(self.last_result[0])
         if not prob_path.exists():

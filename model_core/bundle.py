@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .bands import Band
+from .defaults import MIN_AREA_HA
 from .errors import BundleError, OutputError, check_output_folder, write_error
 
 FORMAT = "minec2f-bundle"
@@ -44,7 +45,7 @@ class ModelSpec:
     tile_size: int = 256
     overlap: int = 32
     threshold: float = 0.5
-    min_area_ha: float = 0.5
+    min_area_ha: float = MIN_AREA_HA
     role: str = "supervised"
     method: str = ""
     parent_hash: str = None

@@ -268,7 +268,7 @@ def add_polygonize_command(subparsers):
 
 
 def run_polygonize(args):
-    from .pipeline import polygonize_outputs, polygonize_probability
+    from .rethreshold import polygonize_outputs, polygonize_probability
 
     if not os.path.exists(args.input):
         raise InputError(f"{args.input} does not exist; check the path")

@@ -1,4 +1,4 @@
-"""Training methods and default hyper-parameters, in one module free of torch: ``model_core.train.TrainConfig``,
+"""Training methods, default hyper-parameters and the default minimum footprint area, in one module free of torch: ``model_core.train.TrainConfig``,
 the command line (whose --help then answers at once) and the plugin's Processing parameters (shown before the
 plugin has checked for torch) read them here, so a run from QGIS and one from the shell train alike."""
 
@@ -40,3 +40,7 @@ DARK_MINES = 0.3
 # led on 7 of 8 pairs with seed 0 and was level with seed 1 (0.546 against 0.459 over both; foreign_scenes.md), so
 # auto distils from those.
 WEAK_TEACHER_IOU = 0.5
+
+# footprints smaller than this are dropped, unless a bundle or the user says otherwise (rethreshold.py reads it for
+# probability rasters written without the tag)
+MIN_AREA_HA = 0.5

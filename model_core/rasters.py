@@ -14,7 +14,11 @@ Both carry dataset tags (:data:`TAGS`): what they hold, the model, the threshold
 thresholded again and scored, and a mask told from it.
 """
 
+from pathlib import Path
+
 import numpy as np
+import rasterio
+import rasterio.errors
 from rasterio.enums import MaskFlags
 
 from .errors import InputError
@@ -90,6 +94,14 @@ def check_threshold(threshold):
     return float(threshold)
 
 
+def check_footprint_settings(threshold, min_area_ha):
+    """Checked (threshold, min_area_ha) as floats: how probabilities become footprint polygons."""
+    threshold = check_threshold(threshold)
+    if float(min_area_ha) < 0:
+        raise InputError(f"minimum area {min_area_ha} ha must be 0 or more")
+    return threshold, float(min_area_ha)
+
+
 def threshold_mask(prob, valid, threshold):
     """Footprint mask from probabilities: 1 where prob >= threshold, 255 where not valid, else 0."""
     mask = (prob >= threshold).astype(np.uint8)
@@ -109,3 +121,25 @@ def read_output_tags(src):
     """The MineC2F tags of the open dataset ``src`` by the keys of :data:`TAGS` ({} for other rasters)."""
     tags = src.tags()
     return {key: tags[name] for key, name in TAGS.items() if name in tags}
+
+
+def open_raster(path):
+    """Open ``path`` with rasterio, turning every way it can fail into an InputError that says what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input raster not found: {path}; check the path")
+    try:
+        src = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as error:
+        detail = str(error).splitlines()[0][:120]
+        raise InputError(f"{path.name} is not a raster GDAL can read ({detail}); give a GeoTIFF or another "
+                         f"GDAL-readable raster") from error
+    if src.count == 0:
+        src.close()
+        raise InputError(f"{path.name} has no raster bands (a container of subdatasets?); open one of its "
+                         f"subdatasets or export it to GeoTIFF")
+    if src.crs is None and src.gcps[0]:
+        src.close()
+        raise InputError(f"{path.name} is georeferenced only by ground control points; warp it first "
+                         f"(QGIS: Raster > Projections > Warp, or gdalwarp)")
+    return src

@@ -1,6 +1,9 @@
 """segment_scene: the whole run, its outputs, and every way bad input is refused without leaving files."""
 
 import errno
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +14,9 @@ from rasterio.transform import from_origin
 from model_core.bundle import load_bundle
 from model_core.errors import BandMismatchError, BundleError, Cancelled, InputError, OutputError
 from model_core.paths import DEFAULT_MODEL
-from model_core.pipeline import output_paths, polygonize_outputs, polygonize_probability, segment_scene
+from model_core.pipeline import output_paths, segment_scene
 from model_core.rasters import UINT8_NODATA, decode_probability, read_output_tags
+from model_core.rethreshold import polygonize_outputs, polygonize_probability
 
 BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
 
@@ -124,7 +128,7 @@ def test_folder_without_write_permission_is_refused_naming_the_fix(scene, tiny_b
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("model_core.pipeline.tempfile.mkstemp", denied)  # root may write anywhere: simulate it
+    monkeypatch.setattr("model_core.staging.tempfile.mkstemp", denied)  # root may write anywhere: simulate it
     with pytest.raises(OutputError, match="cannot write to folder .*out: Permission denied; choose a folder you can "
                                           "write to"):
         run(scene, tiny_bundle_path, output_paths(scene, tmp_path / "out"))
@@ -284,3 +288,17 @@ def test_polygonize_cancel_leaves_nothing_behind(scene, tiny_bundle_path, output
         polygonize_probability(outputs[0], *polygonize_outputs(outputs[0], tmp_path / "cancelled"),
                                is_canceled=lambda: True)
     assert files_in(tmp_path / "cancelled") == []
+
+
+def test_polygonize_and_evaluate_run_without_torch(scene, tiny_bundle_path, outputs, tmp_path):
+    """Thresholding a probability raster again and scoring it need no model: the commands never import torch
+    (seconds and hundreds of MB)."""
+    run(scene, tiny_bundle_path, outputs)
+    code = ("import json, sys; from model_core.cli import main; "
+            f"main(['polygonize', {str(outputs[0])!r}, '--out-dir', {str(tmp_path / 'again')!r}]); "
+            f"main(['evaluate', {str(outputs[0])!r}, '--reference', {str(outputs[2])!r}]); "
+            "print(json.dumps(list(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = set(json.loads(result.stdout.splitlines()[-1]))
+    assert files_in(tmp_path / "again") == ["scene_footprints.gpkg", "scene_mask.tif"]
+    assert {"model_core.rethreshold", "model_core.metrics", "rasterio"} <= modules and "torch" not in modules

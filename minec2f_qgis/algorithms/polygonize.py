@@ -59,7 +59,7 @@ class PolygonizeAlgorithm(MineC2FAlgorithm):
         layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
 
     def process(self, parameters, context, feedback):
-        from model_core.pipeline import polygonize_probability
+        from model_core.rethreshold import polygonize_probability
 
         input_path = layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
         mask_path = self.output_path(parameters, self.OUTPUT_MASK, context, (".tif", ".tiff"))
