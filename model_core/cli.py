@@ -106,7 +106,7 @@ def add_export_chips_command(subparsers):
     parser.add_argument("--bands", metavar="B02=1,B03=2,...", help="raster band for each model band (with --model)")
     _add_radiometry_arguments(parser, "for every --raster, written to the chips' metadata (default: from each "
                                       "raster); it decides which chips are hard negatives (bare ground)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier chip export in DIR")
     parser.set_defaults(handler=run_export_chips)
 
 

@@ -618,13 +618,11 @@ def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=
     bands: ``model_bands`` or all, with the reflectance scale/offset used as the bands' scale/offset metadata)
     and ``mask/<name>.tif`` (uint8 1/0, 255 = ignore), plus ``index.csv`` (:data:`INDEX_FIELDS`). ``scale``,
     ``offset``: as for training (not set: each raster's). ``out_dir`` appears only when complete; an existing one
-    is replaced only with ``overwrite``."""
+    is replaced only with ``overwrite`` and only when it is empty or an earlier export (:func:`check_export_folder`)."""
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (overwrite and out_dir.is_dir()):
-        raise OutputError(f"{out_dir} exists; choose a new folder" + ("" if out_dir.is_file() else
-                          " or pass --overwrite to replace it"))
+    check_export_folder(out_dir, [*rasters, polygons, *([extent] if extent else [])], overwrite=overwrite)
     labelled, _, _ = label_rasters(rasters, polygons, extent, model_bands=model_bands, band_mapping=band_mapping,
                                    scale=scale, offset=offset, polygon_layer=polygon_layer,
                                    extent_layer=extent_layer, log=log)
@@ -656,6 +654,49 @@ def export_chips(rasters, polygons, out_dir, extent=None, chip_size=256, stride=
     if log:
         log(f"wrote {len(chips)} chip pairs ({len(chips) - val_count} train, {val_count} val) to {out_dir}")
     return ExportResult(str(out_dir), str(out_dir / "index.csv"), len(chips) - val_count, val_count)
+
+
+def check_export_folder(out_dir, inputs, *, overwrite):
+    """Refuse ``out_dir`` unless it is new, empty, or (with ``overwrite``) an earlier chip export: an index.csv
+    with the export's columns, and image/ and mask/ holding only the chips it lists (and the .aux.xml files GIS
+    software writes beside them). Replacing it deletes it, so nothing else may be in it, ``inputs`` included."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file, not a folder; choose a new folder for the chips")
+    inside = [Path(p) for p in inputs if out_dir.resolve() in Path(p).resolve().parents]
+    if inside:
+        raise OutputError(f"input {inside[0]} lies inside the output folder {out_dir}, which an export replaces; "
+                          f"choose a new folder for the chips")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not _is_chip_export(out_dir):
+        raise OutputError(f"{out_dir} exists and holds files that are not a MineC2F chip export; choose a new or "
+                          f"empty folder (only an earlier export is replaced)")
+    if not overwrite:
+        raise OutputError(f"{out_dir} holds an earlier chip export; choose a new folder or pass --overwrite to "
+                          f"replace it")
+
+
+def _is_chip_export(folder):
+    """Whether ``folder`` holds only what :func:`export_chips` writes: see :func:`check_export_folder`."""
+    names = {p.name for p in folder.iterdir()}
+    if not names <= {"index.csv", "image", "mask"} or not (folder / "index.csv").is_file():
+        return False
+    try:
+        with open(folder / "index.csv", newline="") as index:
+            reader = csv.DictReader(index)
+            if reader.fieldnames != INDEX_FIELDS:
+                return False
+            listed = {Path(row[kind]) for row in reader for kind in ("image", "mask")}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    for kind in ("image", "mask"):
+        sub = folder / kind
+        if sub.exists() and (not sub.is_dir() or any(
+                p.is_dir() or (Path(kind, p.name) not in listed and Path(kind, p.name.removesuffix(".aux.xml"))
+                               not in listed) for p in sub.iterdir())):
+            return False
+    return True
 
 
 def _write_chip_pair(src, raster, chip, name, folder):

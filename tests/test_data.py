@@ -364,11 +364,46 @@ def test_export_chips_writes_georeferenced_pairs_and_an_index(tmp_path):
         # the radiometry the labels were made with travels with the chips: an engine reads it back
         assert (float(first["scale"]), float(first["offset"])) == (1e-4, 0.0)
         assert resolve_radiometry(image) == (Radiometry(1e-4, 0.0), "the raster's scale/offset metadata")
-    with pytest.raises(OutputError, match="exists; .*--overwrite"):
+    with pytest.raises(OutputError, match="holds an earlier chip export; .*--overwrite"):
         export_chips([raster], polygons, out, chip_size=32)
+    (out / "image" / (Path(first["image"]).name + ".aux.xml")).write_text("<PAMDataset/>")  # QGIS's statistics
     export_chips([raster], polygons, out, chip_size=16, val_fraction=0, overwrite=True)
     assert len(list((out / "mask").iterdir())) == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chips", "p.gpkg", "s.tif"]
+
+
+@pytest.mark.parametrize("user_file", ["image/drone_0001.jpg", "index.csv", "notes.txt", "mask/sub/a.tif"])
+def test_export_chips_replaces_only_an_earlier_export(tmp_path, user_file):
+    """--overwrite deletes the old folder, so a folder that merely looks like an export (the user's own files in
+    image/, an index.csv of other columns) is refused and left as it was."""
+    raster = write_raster(tmp_path / "s.tif", scene(), descriptions=BAND_NAMES)
+    polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30)])
+    out = tmp_path / "survey"
+    if user_file != "index.csv":
+        export_chips([raster], polygons, out, chip_size=32, val_fraction=0)
+    (out / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (out / user_file).write_text("the user's")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(OutputError, match="holds files that are not a MineC2F chip export; choose a new or empty"):
+        export_chips([raster], polygons, out, chip_size=16, overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / user_file).read_text() == "the user's"
+
+
+def test_export_chips_refuses_inputs_inside_the_folder_and_a_file(tmp_path):
+    (tmp_path / "chips").mkdir()
+    raster = write_raster(tmp_path / "chips" / "s.tif", scene(), descriptions=BAND_NAMES)
+    polygons = write_polygons(tmp_path / "p.gpkg", [pixel_box(10, 30, 10, 30)])
+    with pytest.raises(OutputError, match="input .*s.tif lies inside the output folder .*chips, which an export"):
+        export_chips([raster], polygons, tmp_path / "chips", chip_size=32, overwrite=True)
+    assert raster.exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="file is a file, not a folder"):
+        export_chips([raster], polygons, tmp_path / "file", chip_size=32, overwrite=True)
+    export_chips([raster], polygons, tmp_path / "empty", chip_size=32)
+    (tmp_path / "empty2").mkdir()  # an existing empty folder is taken without --overwrite
+    export_chips([raster], polygons, tmp_path / "empty2", chip_size=32)
+    assert (tmp_path / "empty2" / "index.csv").exists()
 
 
 def test_cancelled_export_leaves_nothing(tmp_path):

@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from qgis.core import (QgsProcessingException, QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
+from qgis.core import (QgsProcessingOutputNumber, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber)
 
-from .common import RADIOMETRY_HELP
+from .common import RADIOMETRY_HELP, engine_errors
 from .training import INPUTS_HELP, LabelledDataAlgorithm
 
 HELP = f"""Cuts rasters and footprint polygons into the square chips a MineC2F training sees, and writes them as \
@@ -21,11 +21,9 @@ ground that is not a mine).
 <b>Output folder</b>: <code>image/</code> (all raster bands, original values, with the reflectance scale and \
 offset as band metadata), <code>mask/</code> (1 footprint, 0 background, 255 ignored) and <code>index.csv</code> \
 (file names, train/val split by location, footprint share, hard negatives, scale and offset). The folder appears \
-only when complete. An existing folder is replaced only when it is empty or holds an earlier export (index.csv, \
-image/, mask/); any other folder is refused. CHIP_COUNT: chips written."""
-
-EXPORT_CONTENTS = {"index.csv", "image", "mask"}
-
+only when complete. An existing folder is replaced only when it is empty or holds an earlier export (its \
+index.csv, and in image/ and mask/ only the chips it lists); any other folder is refused, as is one holding the \
+inputs. CHIP_COUNT: chips written."""
 
 class ExportChipsAlgorithm(LabelledDataAlgorithm):
     STRIDE = "STRIDE"
@@ -61,11 +59,13 @@ class ExportChipsAlgorithm(LabelledDataAlgorithm):
         self.output_folder(parameters, context)
 
     def output_folder(self, parameters, context):
-        """The output folder; one that exists must be empty or an earlier export, which is then replaced."""
+        """The output folder: new, empty or an earlier export (which is then replaced), without the inputs in it."""
+        from model_core.data import check_export_folder
+
         folder = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_FOLDER, context))
-        if folder.exists() and not (folder.is_dir() and {p.name for p in folder.iterdir()} <= EXPORT_CONTENTS):
-            raise QgsProcessingException(f"{self.OUTPUT_FOLDER}: {folder} exists and holds other files; choose an "
-                                         f"empty or new folder (an earlier chip export is replaced)")
+        inputs = self.raster_files(parameters, context)
+        with engine_errors(self.ENGINE_OPTIONS):
+            check_export_folder(folder, inputs, overwrite=True)
         return folder
 
     def process(self, parameters, context, feedback):

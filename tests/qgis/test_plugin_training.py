@@ -220,9 +220,10 @@ def test_export_chips_writes_counted_pairs_and_replaces_only_an_earlier_export(p
     assert results["CHIP_COUNT"] == len(rows) > 9  # overlapping chips
     assert {(row["scale"], row["offset"]) for row in rows} == {("0.0001", "-0.05")}  # scale detected
     assert len(list((folder / "image").glob("*.tif"))) == results["CHIP_COUNT"]
-    (folder / "notes.txt").write_text("not a chip")
-    with pytest.raises(QgsProcessingException, match="holds other files"):
+    (folder / "image" / "drone_0001.jpg").write_text("the user's")
+    with pytest.raises(QgsProcessingException, match="holds files that are not a MineC2F chip export"):
         processing.run("minec2f:export_chips", parameters)
+    assert (folder / "image" / "drone_0001.jpg").exists()
 
 
 # ------------------------------------------------------------------------------------------------ dock
