@@ -49,8 +49,11 @@ class StagedOutputs:
         return False
 
     def commit(self):
+        """Rename every output to its final name, removing a GDAL sidecar (.aux.xml) left by a file replaced there:
+        GDAL would read its statistics and metadata as the new file's."""
         for role, path in self.final.items():
             try:
+                path.with_name(path.name + ".aux.xml").unlink(missing_ok=True)
                 os.replace(self.temp[role], path)
             except OSError as error:
                 raise write_error(path, error) from error

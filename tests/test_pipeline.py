@@ -116,6 +116,14 @@ def test_existing_outputs_are_kept_unless_overwrite(scene, tiny_bundle_path, out
     run(scene, tiny_bundle_path, outputs, overwrite=True)
     assert ogr.Open(str(outputs[2])) is not None
 
+    with rasterio.open(outputs[1]) as src:  # as QGIS leaves it: statistics of the mask in a sidecar
+        src.statistics(1, approx=False)  # writes mask.tif.aux.xml
+    assert (outputs[1].parent / (outputs[1].name + ".aux.xml")).exists()
+    run(scene, tiny_bundle_path, outputs, threshold=0.01, overwrite=True)
+    with rasterio.open(outputs[1]) as src:  # the old statistics are not read as the new mask's
+        assert not src.tags(1) or "STATISTICS_MEAN" not in src.tags(1)
+    assert sorted(files_in(outputs[0].parent)) == sorted(p.name for p in outputs)
+
 
 def test_unwritable_output_folder_is_refused_before_work(scene, tiny_bundle_path, tmp_path):
     blocker = tmp_path / "not_a_folder"
