@@ -140,7 +140,7 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
             raise InputError(f"reference raster {reference.name} is not on the prediction's grid; "
                              "use a reference polygon layer or resample the reference")
         crs_wkt = src.crs.to_wkt() if src.crs else ""
-        ref_shapes = None if ref_is_raster else _polygons_in(reference, layer, crs_wkt, "reference polygon file")
+        ref_shapes = None if ref_is_raster else _reference_polygons(reference, layer, src, extent is not None)
         extent_shapes = None if extent is None else _polygons_in(extent, extent_layer, crs_wkt, "labelled extent file")
         halo = int(tolerance_px) + 1
         counts = np.zeros(9, dtype=np.int64)  # confusion (3), boundary (4), valid pixels, of them inside the extent
@@ -192,6 +192,25 @@ def _polygons_in(path, layer, crs_wkt, what):
     from .polygons import read_polygons, reproject_polygons
 
     return reproject_polygons(read_polygons(path, layer, what=what), crs_wkt)
+
+
+def _reference_polygons(path, layer, src, with_extent):
+    """The reference polygons of ``path`` in the CRS of raster ``src``. Without a labelled extent some must overlap
+    the raster: none means the wrong layer, raster or CRS (scores of 0 would hide it). With one, a reference
+    without footprints is an area without mines."""
+    from .errors import InputError
+    from .polygons import crs_name, overlapping, read_polygons, reproject_polygons
+
+    crs_wkt = src.crs.to_wkt() if src.crs else ""
+    polygons = read_polygons(path, layer, what="reference polygon file", allow_empty=with_extent)
+    shapes = reproject_polygons(polygons, crs_wkt)
+    if not with_extent and not overlapping(shapes, src.bounds):
+        raise InputError(
+            f"none of the {len(polygons.geometries)} reference polygons of {Path(path).name} overlap "
+            f"{Path(src.name).name} (raster CRS {crs_name(crs_wkt) if crs_wkt else 'not set'}, polygons CRS "
+            f"{polygons.describe_crs()}); check you picked the right layer and raster and that the layer's CRS is "
+            "right, or give a labelled extent to score an area without footprints")
+    return shapes
 
 
 def _rasterize(shapes, bounds, shape, transform):

@@ -147,6 +147,23 @@ def test_evaluate_scores_only_inside_the_labelled_extent(tmp_path):
         evaluate_mask_raster(mask_path, reference, tolerance_px=-1)
 
 
+def test_evaluate_refuses_reference_polygons_off_the_raster_unless_an_extent_says_where(tmp_path):
+    """Footprints that all miss the raster mean the wrong layer, raster or CRS: scores of 0 would hide it. Inside a
+    labelled extent, a reference without footprints there is an area without mines."""
+    pred, _ = squares(5)
+    mask_path = write_engine_output(tmp_path / "m.tif", pred, "footprint mask")
+    away = polygon_file(tmp_path / "away.gpkg", [(1000, 1000, 1010, 1010), (2000, 0, 2010, 10)])
+    with pytest.raises(InputError, match=r"none of the 2 reference polygons of away.gpkg overlap m.tif \(raster CRS "
+                                         r"WGS 84 / UTM zone 33N \(EPSG:32633\), polygons CRS WGS 84 / UTM zone 33N"):
+        evaluate_mask_raster(mask_path, away)
+    extent = polygon_file(tmp_path / "extent.gpkg", [(0, 0, 20, 20)])
+    scores = evaluate_mask_raster(mask_path, away, extent=extent)
+    assert (scores["iou"], scores["precision"]) == (0.0, 0.0)  # every predicted pixel a false alarm
+    empty = tmp_path / "empty.gpkg"
+    write_polygons_gpkg(empty, [], rasterio.crs.CRS.from_epsg(32633).to_wkt(), {})
+    assert evaluate_mask_raster(mask_path, empty, extent=extent) == scores
+
+
 def test_evaluate_refuses_a_prediction_without_valid_pixels_or_that_is_no_mask(tmp_path, make_raster):
     reference = polygon_file(tmp_path / "ref.gpkg", [(5, 5, 15, 15)])
     mask_path = write_engine_output(tmp_path / "m.tif", np.full((20, 20), 255), "footprint mask")
@@ -155,7 +172,7 @@ def test_evaluate_refuses_a_prediction_without_valid_pixels_or_that_is_no_mask(t
     # a probability raster without MineC2F's tags, or a mask of 0 and 255 without nodata, is not scored as a mask
     untagged = make_raster("untagged.tif", np.array([[0, 1, 128, 254]] * 4, np.uint8))
     with pytest.raises(InputError, match="untagged.tif holds 128 where a footprint mask holds 1"):
-        evaluate_mask_raster(untagged, reference)
+        evaluate_mask_raster(untagged, polygon_file(tmp_path / "corner.gpkg", [(0, 0, 2, 2)]))
 
 
 def test_evaluate_in_strips_scores_exactly_as_the_whole_arrays(tmp_path, make_raster):
