@@ -27,6 +27,10 @@ class MineC2FProvider(QgsProcessingProvider):
         for algorithm in ALGORITHMS:
             self.addAlgorithm(algorithm())
 
+    def supportsNonFileBasedOutput(self):
+        """No "Save to GeoPackage / database table" destinations: the engine writes whole files."""
+        return False
+
     def supportedOutputRasterLayerExtensions(self):
         return ["tif"]
 

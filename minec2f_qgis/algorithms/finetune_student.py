@@ -73,13 +73,12 @@ class FinetuneStudentAlgorithm(TrainingAlgorithm):
         return HELP
 
     def method_parameters(self):
-        from model_core.paths import DEFAULT_MODEL
-
         parameters = [
-            # optional, so qgis_process and models may leave it out: qgis_process 3.22 refuses a mandatory file
-            # parameter that is not given, whatever its default
+            # optional, so qgis_process and models may leave it out (qgis_process 3.22 refuses a mandatory file
+            # parameter that is not given, whatever its default); no default path, which a saved graphical model
+            # would keep and another machine lack
             QgsProcessingParameterFile(self.TEACHER, "Teacher model (empty: the bundled model)",
-                                       extension="safetensors", defaultValue=str(DEFAULT_MODEL), optional=True),
+                                       extension="safetensors", optional=True),
             QgsProcessingParameterEnum(self.METHOD, "Method", options=[label for _, label in METHODS],
                                        defaultValue=DEFAULT_METHOD)]
         for name, label, default in ((self.LAMBDA_FEAT, "Feature distillation weight", defaults.LAMBDA_FEAT),
