@@ -1,6 +1,7 @@
-"""Training methods, default hyper-parameters and the default minimum footprint area, in one module free of torch: ``model_core.train.TrainConfig``,
-the command line (whose --help then answers at once) and the plugin's Processing parameters (shown before the
-plugin has checked for torch) read them here, so a run from QGIS and one from the shell train alike."""
+"""Training methods, default hyper-parameters and the default minimum footprint area, in one module free of torch:
+``model_core.train.TrainConfig``, the command line (whose --help then answers at once) and the plugin's Processing
+parameters (shown before the plugin has checked for torch) read them here, so a run from QGIS and one from the
+shell train alike."""
 
 # training methods (model_core.train); a student's start from a teacher bundle: all but coarse_only
 METHODS = ("minec2f", "kd", "finetune", "fine_only", "joint", "coarse_only")

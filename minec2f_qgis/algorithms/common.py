@@ -6,9 +6,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from qgis.core import (QgsCoordinateTransformContext, QgsMapLayer, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRasterLayer, QgsVectorFileWriter,
-                       QgsVectorLayer)
+                       QgsProcessingFeatureSourceDefinition, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
+                       QgsProcessingUtils, QgsRasterLayer, QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import missing_message, missing_requirements
@@ -45,7 +45,7 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         missing = missing_requirements()
         if missing:
             return False, missing_message(missing)
-        wrong = self.layers_that_are_not_rasters(parameters, context)
+        wrong = self.layers_that_are_not_rasters(parameters, context) or self.files_of_another_kind(parameters)
         if wrong:
             return False, wrong
         ok, message = super().checkParameterValues(parameters, context)
@@ -71,9 +71,27 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
                 return f"{definition.name()}: '{layer.name()}' is {kind}, not a raster; {self.RASTER_HINT}"
         return ""
 
+    def files_of_another_kind(self, parameters):
+        """A message for a file given to a file parameter of one extension (a model bundle) that has another (QGIS's
+        own check says only "incorrect parameter value"), or ""."""
+        for definition in self.parameterDefinitions():
+            value = parameters.get(definition.name())
+            if not isinstance(definition, QgsProcessingParameterFile) or not definition.extension() or \
+                    not isinstance(value, str) or not value:
+                continue
+            if not value.lower().endswith(f".{definition.extension().lower()}"):
+                return (f"{definition.name()}: {value} is not a .{definition.extension()} file; choose a MineC2F "
+                        f"model bundle (.{definition.extension()}) or leave it empty for the bundled model")
+        return ""
+
     def check_parameters(self, parameters, context):
         """The algorithm's own checks, after QGIS's: raise QgsProcessingException naming the parameter and the
-        fix. Subclasses extend it (calling super first)."""
+        fix. Subclasses extend it (calling super first). Here: THRESHOLD strictly between 0 and 1."""
+        if self.parameterDefinition(self.THRESHOLD) is not None and parameters.get(self.THRESHOLD) not in (None, ""):
+            threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
+            if not 0.0 < threshold < 1.0:
+                raise QgsProcessingException(f"{self.THRESHOLD}: {threshold:g} must be between 0 and 1, both "
+                                             f"excluded (0.5 is even odds); or leave it empty")
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         missing = missing_requirements()
@@ -102,6 +120,39 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
             return parse_band_mapping(text)
         except InputError as error:
             raise QgsProcessingException(f"{self.BANDS}: {error}") from error
+
+    def polygon_layer(self, parameters, name, context):
+        """(layer, selected features only) of polygon parameter ``name``; (None, False) when an optional one is not
+        set. A value QGIS cannot read as a vector layer, a layer of points or lines and "selected features only"
+        with none selected are refused, not taken as not set. Call :func:`vector_file` on the result."""
+        value = parameters.get(name)
+        if value is None or value == "":
+            return None, False
+        selected = False
+        if isinstance(value, QgsProcessingFeatureSourceDefinition):
+            selected = value.selectedFeaturesOnly
+            value = value.source.valueAsString(context.expressionContext())[0]
+        if isinstance(value, QgsRasterLayer):
+            raise QgsProcessingException(f"{name}: '{value.name()}' is a raster layer, not polygons; choose a "
+                                         f"polygon layer")
+        layer = self.parameterAsVectorLayer({name: value}, name, context)
+        if layer is None:
+            raise QgsProcessingException(f"{name}: {value} is not a vector layer QGIS can read; choose a polygon "
+                                         f"layer or a GeoPackage / shapefile")
+        if layer.geometryType() in (QgsWkbTypes.PointGeometry, QgsWkbTypes.LineGeometry, QgsWkbTypes.NullGeometry):
+            kind = QgsWkbTypes.geometryDisplayString(layer.geometryType()).lower()
+            raise QgsProcessingException(f"{name}: layer '{layer.name()}' holds {kind} features, not polygons; "
+                                         f"choose a polygon layer")
+        if selected and not layer.selectedFeatureCount():
+            raise QgsProcessingException(f"{name}: 'Selected features only' is set but no feature of layer "
+                                         f"'{layer.name()}' is selected; select some or clear the option")
+        return layer, selected
+
+    def polygon_file(self, parameters, name, context):
+        """The file of polygon parameter ``name`` for the engine (:meth:`polygon_layer`, :func:`vector_file`), or
+        None when an optional one is not set. Call it on the main thread (from prepareAlgorithm)."""
+        layer, selected = self.polygon_layer(parameters, name, context)
+        return vector_file(layer, name, selected_only=selected) if layer is not None else None
 
     def radiometry_parameters(self):
         """Optional advanced SCALE and OFFSET (reflectance = DN x scale + offset; not set: from the raster)."""
@@ -183,21 +234,23 @@ def layer_file(layer, parameter):
     return path
 
 
-def vector_file(layer, parameter):
-    """A file holding exactly the features of vector ``layer``, for the engine (which reads a file's first layer).
-    A file layer with one layer and no filter is used as it is; anything else (a filtered layer, one layer of a
-    multi-layer GeoPackage, a scratch/memory, database or web layer) is first written to a temporary GeoPackage
-    named after the layer. Call it on the main thread (from prepareAlgorithm): it reads the layer."""
+def vector_file(layer, parameter, selected_only=False):
+    """A file holding exactly the features of vector ``layer`` (its selected ones with ``selected_only``), for the
+    engine (which reads a file's first layer). A file layer with one layer and no filter is used as it is; anything
+    else (selected features, a filtered layer, one layer of a multi-layer GeoPackage, a scratch/memory, database or
+    web layer) is first written to a temporary GeoPackage named after the layer. Call it on the main thread (from
+    prepareAlgorithm): it reads the layer."""
     if layer is None:
         raise QgsProcessingException(f"{parameter}: no layer given or the layer cannot be read; "
                                      f"choose a polygon layer or a GeoPackage / shapefile")
     path = Path(layer.source().split("|")[0])
-    if layer.providerType() == "ogr" and path.is_file() and not layer.subsetString() and _layer_count(path) == 1:
+    if (layer.providerType() == "ogr" and path.is_file() and not layer.subsetString() and not selected_only
+            and _layer_count(path) == 1):
         return path
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name()) or parameter.lower()
     copy = Path(QgsProcessingUtils.generateTempFilename(f"{name}.gpkg"))
     options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName, options.layerName = "GPKG", name
+    options.driverName, options.layerName, options.onlySelectedFeatures = "GPKG", name, selected_only
     error, message, *_ = QgsVectorFileWriter.writeAsVectorFormatV3(
         layer, str(copy), QgsCoordinateTransformContext(), options)
     if error != QgsVectorFileWriter.NoError:

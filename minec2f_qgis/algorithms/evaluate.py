@@ -2,7 +2,7 @@
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
                        QgsProcessingOutputNumber, QgsProcessingParameterFeatureSink, QgsProcessingParameterNumber,
-                       QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer, QgsWkbTypes)
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
 
 from .common import MineC2FAlgorithm, layer_file, vector_file
@@ -13,7 +13,8 @@ digitised by hand, or another trusted source): IoU, F1, precision, recall and bo
 <b>Footprint mask or probability raster</b>: the mask output of Segment (1 = footprint) or its probability \
 output, which is thresholded first.
 <b>Reference footprints</b>: polygons of the true footprints, any CRS (they are reprojected and rasterised on the \
-prediction's grid).
+prediction's grid). Without a labelled extent some must overlap the raster (none: a wrong layer, raster or CRS, \
+refused); with one, a reference without footprints there scores an area without mines.
 <b>Labelled extent</b>: polygons where the reference is complete; only pixels inside are scored. Not set: the \
 whole raster, so every footprint found outside your reference counts as a false alarm.
 <b>Probability threshold</b>: for a probability raster only. Not set: the threshold Segment used.
@@ -21,9 +22,10 @@ whole raster, so every footprint found outside your reference counts as a false 
 in boundary F1.
 <h3>Outputs</h3>
 The numbers IOU, F1, PRECISION, RECALL and BOUNDARY_F1 (0-1), and the same as a one-row table with the file \
-names, to compare runs. Nodata pixels of the prediction are not scored."""
+names, to compare runs. Nodata pixels of the prediction are not scored. Cancelling stops the scoring before the \
+table is written."""
 
-SCORES = ("iou", "f1", "precision", "recall", "boundary_f1")
+SCORES = {"iou": "IoU", "f1": "F1", "precision": "Precision", "recall": "Recall", "boundary_f1": "Boundary F1"}
 
 
 class EvaluateAlgorithm(MineC2FAlgorithm):
@@ -49,9 +51,9 @@ class EvaluateAlgorithm(MineC2FAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 (QGIS API)
         self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, "Footprint mask or probability raster"))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.REFERENCE, "Reference footprints", [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXTENT, "Labelled extent (only score inside; not set: everywhere)", [QgsProcessing.TypeVectorPolygon],
             optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -62,19 +64,20 @@ class EvaluateAlgorithm(MineC2FAlgorithm):
             minValue=0))
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, "Scores", QgsProcessing.TypeVector, optional=True, createByDefault=True))
-        for score in SCORES:
-            self.addOutput(QgsProcessingOutputNumber(score.upper(), score.replace("_", " ").capitalize()))
+        for score, label in SCORES.items():
+            self.addOutput(QgsProcessingOutputNumber(score.upper(), label))
 
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
         layer_file(self.parameterAsRasterLayer(parameters, self.PREDICTION, context), self.PREDICTION)
+        for name in (self.REFERENCE, self.EXTENT):
+            self.polygon_layer(parameters, name, context)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        reference = self.parameterAsVectorLayer(parameters, self.REFERENCE, context)
-        self.reference = vector_file(reference, self.REFERENCE)
+        reference, selected = self.polygon_layer(parameters, self.REFERENCE, context)
+        self.reference = vector_file(reference, self.REFERENCE, selected_only=selected)
         self.reference_name = reference.name()
-        extent = self.parameterAsVectorLayer(parameters, self.EXTENT, context)
-        self.extent = vector_file(extent, self.EXTENT) if extent is not None else None
+        self.extent = self.polygon_file(parameters, self.EXTENT, context)
         return True
 
     def process(self, parameters, context, feedback):

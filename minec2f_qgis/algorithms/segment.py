@@ -1,15 +1,14 @@
 """minec2f:segment - a multispectral raster to footprint probability, mask and polygons."""
 
 from qgis.core import (QgsProcessing, QgsProcessingOutputNumber, QgsProcessingOutputString,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFile,
-                       QgsProcessingParameterNumber,
+                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSource,
+                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination,
-                       QgsProcessingParameterVectorLayer)
+                       QgsProcessingParameterString, QgsProcessingParameterVectorDestination)
+
 from ..layers import style_on_load
 from ..resources import FOOTPRINTS_STYLE, PROBABILITY_STYLE
-from .common import (DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file,
-                     vector_file)
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file
 
 HELP = """Finds mining footprints (open pits, quarries, tailings ponds, waste dumps, haul roads) in a multispectral \
 scene with a MineC2F model and writes a probability raster, a footprint mask and footprint polygons.
@@ -90,7 +89,7 @@ class SegmentAlgorithm(MineC2FAlgorithm):
                 name, label, QgsProcessingParameterNumber.Integer, optional=True, minValue=minimum)))
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, "Only segment inside this extent", optional=True))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXCLUDE, "Do not segment inside these polygons (e.g. natural water)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         # Optional (created by default) so that `qgis_process run minec2f:segment -- INPUT=.. OUTPUT_FOOTPRINTS=..`
@@ -108,10 +107,10 @@ class SegmentAlgorithm(MineC2FAlgorithm):
         super().check_parameters(parameters, context)
         layer_file(self.parameterAsRasterLayer(parameters, self.INPUT, context), self.INPUT)
         self.band_mapping(parameters, context)
+        self.polygon_layer(parameters, self.EXCLUDE, context)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
-        exclude = self.parameterAsVectorLayer(parameters, self.EXCLUDE, context)
-        self.exclude = vector_file(exclude, self.EXCLUDE) if exclude is not None else None
+        self.exclude = self.polygon_file(parameters, self.EXCLUDE, context)
         return True
 
     def process(self, parameters, context, feedback):

@@ -8,12 +8,11 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsProcessingOutputString,
                        QgsProcessingParameterBoolean, QgsProcessingParameterEnum,
                        QgsProcessingParameterFileDestination, QgsProcessingParameterMultipleLayers,
-                       QgsProcessingParameterNumber, QgsProcessingParameterString, QgsProcessingParameterVectorLayer)
+                       QgsProcessingParameterFeatureSource, QgsProcessingParameterNumber, QgsProcessingParameterString)
 
 from model_core import defaults
 
-from .common import (DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file,
-                     vector_file)
+from .common import DEVICES, RADIOMETRY_HELP, MineC2FAlgorithm, advanced, in_parameter_terms, layer_file
 
 INPUTS_HELP = """<b>Rasters</b>: one or more multispectral scenes saved as files (GeoTIFF, VRT, ...), any CRS.
 <b>{polygons}</b>: footprint polygons, any CRS (reprojected to each raster). A filtered layer, one layer of a \
@@ -64,9 +63,9 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
 
     def add_data_parameters(self):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTERS, "Rasters", QgsProcessing.TypeRaster))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.POLYGONS, self.POLYGONS_LABEL, [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterVectorLayer(
+        self.addParameter(QgsProcessingParameterFeatureSource(
             self.EXTENT, "Labelled extent (not set: the rasters are labelled everywhere)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -79,15 +78,13 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
     def check_parameters(self, parameters, context):
         super().check_parameters(parameters, context)
         self.raster_files(parameters, context)
-        if self.parameterAsVectorLayer(parameters, self.POLYGONS, context) is None:
-            raise QgsProcessingException(f"{self.POLYGONS}: no layer given or the layer cannot be read; "
-                                         f"choose a polygon layer or a GeoPackage / shapefile")
+        for name in (self.POLYGONS, self.EXTENT):
+            self.polygon_layer(parameters, name, context)
 
     def prepareAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         self.rasters = self.raster_files(parameters, context)
-        self.polygons = vector_file(self.parameterAsVectorLayer(parameters, self.POLYGONS, context), self.POLYGONS)
-        extent = self.parameterAsVectorLayer(parameters, self.EXTENT, context)
-        self.extent = vector_file(extent, self.EXTENT) if extent is not None else None
+        self.polygons = self.polygon_file(parameters, self.POLYGONS, context)
+        self.extent = self.polygon_file(parameters, self.EXTENT, context)
         return True
 
     def raster_files(self, parameters, context):

@@ -89,6 +89,45 @@ def test_excluded_polygons_of_a_scratch_layer_in_another_crs_are_not_segmented(p
         assert (src.read(1)[BLOCKS[1]] == 255).all()
 
 
+
+def test_excluded_polygons_honour_selected_features_only(plugin, known_scene, constant_bundle_path):
+    """'Selected features only' (a FeatureSourceDefinition, as the dialog and graphical models pass it) excludes the
+    selected polygons; values that are not polygons are refused instead of being taken as not set."""
+    from qgis.core import QgsProcessingFeatureSourceDefinition
+
+    water = QgsVectorLayer("Polygon?crs=EPSG:32633", "natural water", "memory")
+    features = []
+    for rows, cols in BLOCKS:  # one polygon over each block, pixels of 10 m from (500000, 5800000)
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(500000 + cols.start * 10, 5800000 - rows.stop * 10,
+                                                              500000 + cols.stop * 10, 5800000 - rows.start * 10)))
+        features.append(feature)
+    water.dataProvider().addFeatures(features)
+    QgsProject.instance().addMapLayer(water)
+    try:
+        water.selectByIds([next(water.getFeatures()).id()])  # the first block's polygon
+        results = run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path),
+                              EXCLUDE=QgsProcessingFeatureSourceDefinition(water.id(), True))
+        assert results["FOOTPRINT_COUNT"] == 1
+        assert results["TOTAL_AREA_HA"] == pytest.approx(BLOCK_AREAS_HA[1], rel=0.01)
+        with pytest.raises(QgsProcessingException, match="every pixel .* is nodata .* or excluded"):  # both blocks
+            run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path),
+                        EXCLUDE=QgsProcessingFeatureSourceDefinition(water.id(), False))
+
+        water.removeSelection()
+        with pytest.raises(QgsProcessingException, match="EXCLUDE: 'Selected features only' is set but no feature "
+                                                         "of layer 'natural water' is selected"):
+            run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path),
+                        EXCLUDE=QgsProcessingFeatureSourceDefinition(water.id(), True))
+    finally:
+        QgsProject.instance().removeMapLayer(water.id())
+    points = QgsVectorLayer("Point?crs=EPSG:32633", "wells", "memory")
+    with pytest.raises(QgsProcessingException, match="EXCLUDE: layer 'wells' holds point features, not polygons"):
+        run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), EXCLUDE=points)
+    with pytest.raises(QgsProcessingException, match="EXCLUDE: 'scene' is a raster layer, not polygons"):
+        run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path),
+                    EXCLUDE=QgsRasterLayer(str(known_scene), "scene"))
+
 def test_cancel_leaves_no_output(plugin, known_scene, constant_bundle_path, tmp_path):
     class CancelOnFirstProgress(QgsProcessingFeedback):
         def setProgress(self, progress):  # noqa: N802 (QGIS API)
@@ -189,6 +228,16 @@ def test_web_tile_layer_is_refused_with_how_to_export_it(plugin, constant_bundle
 def test_bad_band_mapping_fails_validation(plugin, known_scene, constant_bundle_path):
     with pytest.raises(QgsProcessingException, match="BANDS"):
         run_segment(INPUT=str(known_scene), MODEL=str(constant_bundle_path), BANDS="B02=one")
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"THRESHOLD": 1.0}, "THRESHOLD: 1 must be between 0 and 1, both excluded"),
+    ({"THRESHOLD": 0}, "THRESHOLD: 0 must be between 0 and 1, both excluded"),
+    ({"MODEL": "scene.tif"}, "MODEL: scene.tif is not a .safetensors file; choose a MineC2F model bundle")])
+def test_parameters_qgis_would_call_incorrect_are_named_with_the_fix(plugin, known_scene, constant_bundle_path,
+                                                                     parameters, message):
+    with pytest.raises(QgsProcessingException, match=message):
+        run_segment(**{"INPUT": str(known_scene), "MODEL": str(constant_bundle_path), **parameters})
 
 
 def test_runs_inside_a_processing_model(plugin, known_scene, constant_bundle_path):
