@@ -19,7 +19,7 @@ from osgeo import gdal, ogr, osr
 from shapely.geometry import Polygon, shape
 
 from .errors import Cancelled, InputError, OutputError
-from .rasters import MASK_FOOTPRINT, decode_probability
+from .rasters import MASK_BACKGROUND, MASK_FOOTPRINT, MASK_NODATA, decode_probability
 
 with warnings.catch_warnings():  # Debian's pyproj warns about PROJ data it does not need for Geod
     warnings.simplefilter("ignore")
@@ -130,7 +130,8 @@ def polygonize(mask_path, prob_path, out_gpkg, *, min_area_ha, simplify_toleranc
                progress=None, is_canceled=None):
     """Trace footprints (mask == 1) into polygons and write them to ``out_gpkg`` layer "footprints".
 
-    Holes and polygons smaller than ``min_area_ha`` (true area, on the pixel outlines) are removed; the rest
+    Holes and polygons smaller than ``min_area_ha`` (true area, on the pixel outlines) are removed, from the
+    polygons and from the mask file alike (so that mask and polygons count the same footprint pixels); the rest
     are simplified with Douglas-Peucker at ``simplify_tolerance_m`` (default: 0.75 pixel, just over the 0.71 px a
     one-pixel staircase deviates from its diagonal, so the staircase goes and areas move little) keeping topology.
     Attributes: ``area_ha`` and ``perimeter_m`` (geodesic, of the simplified polygon), ``mean_prob`` and
@@ -147,12 +148,14 @@ def polygonize(mask_path, prob_path, out_gpkg, *, min_area_ha, simplify_toleranc
                if value == MASK_FOOTPRINT]
         _check_canceled(is_canceled)
         progress(30.0)
-        raw = _drop_small(raw, crs, min_area_m2)
-        raw = [_drop_small_holes(poly, crs, min_area_m2) for poly in raw]
+        raw, specks = _drop_small(raw, crs, min_area_m2)
+        filled = [_fill_small_holes(poly, crs, min_area_m2) for poly in raw]
+        raw, holes = [poly for poly, _ in filled], [hole for _, poly_holes in filled for hole in poly_holes]
         _check_canceled(is_canceled)
         progress(50.0)
         mean_prob, max_prob = _probability_stats(raw, prob_src)
         tolerance = _tolerance_in_crs_units(mask_src, simplify_tolerance_m)
+    _clean_mask(mask_path, specks, holes)
     _check_canceled(is_canceled)
     progress(80.0)
     polygons = [_polygonal(shapely.make_valid(g)) for g in shapely.simplify(np.asarray(raw, dtype=object),
@@ -173,18 +176,45 @@ def _check_canceled(is_canceled):
 
 
 def _drop_small(polygons, crs, min_area_m2):
+    """(polygons of at least ``min_area_m2``, the smaller ones)."""
     if not polygons or min_area_m2 <= 0:
-        return polygons
+        return polygons, []
     areas, _ = geodesic_area_perimeter(polygons, crs)
-    return [p for p, a in zip(polygons, areas) if a >= min_area_m2]
+    return [p for p, a in zip(polygons, areas) if a >= min_area_m2], [p for p, a in zip(polygons, areas)
+                                                                       if a < min_area_m2]
 
 
-def _drop_small_holes(polygon, crs, min_area_m2):
+def _fill_small_holes(polygon, crs, min_area_m2):
+    """(``polygon`` without its holes smaller than ``min_area_m2``, those holes as polygons)."""
     if not polygon.interiors or min_area_m2 <= 0:
-        return polygon
+        return polygon, []
     holes = [Polygon(ring) for ring in polygon.interiors]
     areas, _ = geodesic_area_perimeter(holes, crs)
-    return Polygon(polygon.exterior, [h.exterior for h, a in zip(holes, areas) if a >= min_area_m2])
+    return (Polygon(polygon.exterior, [h.exterior for h, a in zip(holes, areas) if a >= min_area_m2]),
+            [h for h, a in zip(holes, areas) if a < min_area_m2])
+
+
+def _clean_mask(mask_path, specks, holes, strip_rows=256):
+    """Set the mask's valid pixels inside ``specks`` to background and inside ``holes`` to footprint (both pixel
+    outlines traced from it; a speck inside a hole ends up footprint, as its polygon does), strip by strip."""
+    if not specks and not holes:
+        return
+    shapes = [*specks, *holes]
+    burn = np.array([MASK_BACKGROUND] * len(specks) + [MASK_FOOTPRINT] * len(holes), dtype=np.uint8)
+    tree = shapely.STRtree(shapes)
+    with rasterio.open(mask_path, "r+") as dst:
+        for row in range(0, dst.height, strip_rows):
+            window = rasterio.windows.Window(0, row, dst.width, min(strip_rows, dst.height - row))
+            hits = np.sort(tree.query(shapely.box(*dst.window_bounds(window))))  # specks first, holes over them
+            if not hits.size:
+                continue
+            values = rasterio.features.rasterize(((shapes[i], int(burn[i]) + 1) for i in hits), fill=0,
+                                                 out_shape=(window.height, window.width),
+                                                 transform=dst.window_transform(window), dtype="uint8")
+            mask = dst.read(1, window=window)
+            change = (values > 0) & (mask != MASK_NODATA)
+            mask[change] = values[change] - 1
+            dst.write(mask, 1, window=window)
 
 
 def _polygonal(geom):

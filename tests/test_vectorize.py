@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import rasterio
 import shapely
 from osgeo import ogr
 from rasterio.crs import CRS
@@ -74,6 +75,7 @@ def test_specks_and_small_holes_removed_big_holes_kept(footprint_rasters, tmp_pa
     mask[10:60, 10:60] = 1          # 25 ha at 10 m pixels
     mask[20:22, 20:22] = 0          # 0.04 ha hole: filled
     mask[30:50, 30:50] = 0          # 4 ha hole: kept
+    mask[21, 21] = UINT8_NODATA     # in the small hole: stays nodata
     mask[80:82, 80:82] = 1          # 0.04 ha speck: dropped
     paths = footprint_rasters(mask)
     result = polygonize(*paths, tmp_path / "out.gpkg", min_area_ha=0.5, model_name="m", source="s")
@@ -83,6 +85,15 @@ def test_specks_and_small_holes_removed_big_holes_kept(footprint_rasters, tmp_pa
     assert polygon.is_valid
     assert len(shapely.get_parts(polygon)[0].interiors) == 1
     assert rows[0][1]["area_ha"] == pytest.approx(25.0 - 4.0, rel=0.01)
+    # the mask says the same: speck gone, small hole filled (its nodata pixel kept), big hole kept
+    with rasterio.open(paths[0]) as src:
+        cleaned = src.read(1)
+    expected = mask.copy()
+    expected[80:82, 80:82] = 0
+    expected[20:22, 20:22] = 1
+    expected[21, 21] = UINT8_NODATA
+    np.testing.assert_array_equal(cleaned, expected)
+    assert (cleaned == 1).sum() * 100 / 1e4 == pytest.approx(25.0 - 4.0 - 0.01)  # one nodata pixel of 0.01 ha
 
 
 def test_attributes_probabilities_and_schema(footprint_rasters, tmp_path):

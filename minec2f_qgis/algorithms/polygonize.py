@@ -16,7 +16,8 @@ threshold and minimum area it was written with). A footprint mask or another ras
 alarms. Not set: the threshold Segment used.
 <b>Minimum footprint area (ha)</b>: smaller polygons and holes are dropped. Not set: the value Segment used.
 <h3>Outputs</h3>
-<b>Footprint mask</b>: GeoTIFF on the probability raster's grid, 1 = footprint, 0 = background, 255 = nodata.
+<b>Footprint mask</b>: GeoTIFF on the probability raster's grid, 1 = footprint, 0 = background, 255 = nodata; \
+the pixels of the polygons (specks and holes below the minimum area removed here too).
 <b>Mining footprints</b>: GeoPackage polygons with area_ha (true area), perimeter_m, mean_prob, max_prob, model \
 and source, as Segment writes them; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA.
 Output files that exist are replaced, as in every Processing algorithm; a cancelled or failed run writes nothing."""

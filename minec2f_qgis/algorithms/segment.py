@@ -33,7 +33,8 @@ natural (the bundled model can take water as bright as tailings water for a tail
 outputs.
 <h3>Outputs</h3>
 <b>Footprint probability</b>: GeoTIFF on the input's grid, 0-254 = probability 0-1, 255 = nodata.
-<b>Footprint mask</b>: GeoTIFF, 1 = footprint, 0 = background, 255 = nodata.
+<b>Footprint mask</b>: GeoTIFF, 1 = footprint, 0 = background, 255 = nodata; the pixels of the polygons (specks \
+and holes below the minimum area removed here too).
 <b>Mining footprints</b>: GeoPackage polygons with area_ha (true area), perimeter_m, mean_prob, max_prob, model \
 and source; also the numbers FOOTPRINT_COUNT and TOTAL_AREA_HA for models and scripts, and REFLECTANCE: the \
 scale and offset used and why.
