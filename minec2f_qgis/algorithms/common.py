@@ -5,10 +5,11 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from qgis.core import (QgsCoordinateTransformContext, QgsMapLayer, QgsProcessingAlgorithm, QgsProcessingException,
-                       QgsProcessingFeatureSourceDefinition, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterFile, QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingUtils, QgsRasterLayer, QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes)
+from qgis.core import (QgsCoordinateTransformContext, QgsMapLayer, QgsProcessing, QgsProcessingAlgorithm,
+                       QgsProcessingException, QgsProcessingFeatureSourceDefinition, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterFile, QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
+                       QgsProcessingParameterRasterLayer, QgsProcessingUtils, QgsRasterLayer, QgsVectorFileWriter,
+                       QgsVectorLayer, QgsWkbTypes)
 from qgis.PyQt.QtGui import QIcon
 
 from ..dependencies import missing_message, missing_requirements
@@ -62,13 +63,16 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         "invalid value"), or ""."""
         for definition in self.parameterDefinitions():
             value = parameters.get(definition.name())
-            if not isinstance(definition, QgsProcessingParameterRasterLayer) or value is None:
+            several = isinstance(definition, QgsProcessingParameterMultipleLayers) and \
+                definition.layerType() == QgsProcessing.TypeRaster
+            if not (isinstance(definition, QgsProcessingParameterRasterLayer) or several) or value is None:
                 continue
-            layer = value if isinstance(value, QgsMapLayer) else QgsProcessingUtils.mapLayerFromString(str(value),
-                                                                                                     context)
-            if layer is not None and not isinstance(layer, QgsRasterLayer):
-                kind = "a vector layer" if isinstance(layer, QgsVectorLayer) else "a layer"
-                return f"{definition.name()}: '{layer.name()}' is {kind}, not a raster; {self.RASTER_HINT}"
+            for item in value if several and isinstance(value, (list, tuple)) else [value]:
+                layer = item if isinstance(item, QgsMapLayer) else QgsProcessingUtils.mapLayerFromString(str(item),
+                                                                                                       context)
+                if layer is not None and not isinstance(layer, QgsRasterLayer):
+                    kind = "a vector layer" if isinstance(layer, QgsVectorLayer) else "a layer"
+                    return f"{definition.name()}: '{layer.name()}' is {kind}, not a raster; {self.RASTER_HINT}"
         return ""
 
     def files_of_another_kind(self, parameters):

@@ -220,6 +220,9 @@ def test_export_chips_writes_counted_pairs_and_replaces_only_an_earlier_export(p
     assert results["CHIP_COUNT"] == len(rows) > 9  # overlapping chips
     assert {(row["scale"], row["offset"]) for row in rows} == {("0.0001", "-0.05")}  # scale detected
     assert len(list((folder / "image").glob("*.tif"))) == results["CHIP_COUNT"]
+    with pytest.raises(QgsProcessingException, match="RASTERS: 'fine' is a vector layer, not a raster"):
+        processing.run("minec2f:export_chips", {**parameters, "RASTERS": [QgsVectorLayer(
+            str(scene["fine_polygons"]), "fine", "ogr")]})
     (folder / "image" / "drone_0001.jpg").write_text("the user's")
     with pytest.raises(QgsProcessingException, match="holds files that are not a MineC2F chip export"):
         processing.run("minec2f:export_chips", parameters)
