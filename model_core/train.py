@@ -490,8 +490,18 @@ def _plot_curves(path, history, log):
 
 # ------------------------------------------------------------------------------- teacher and student
 
-def _check_output(out, overwrite, resume):
+def _check_output(out, overwrite, resume, inputs):
+    """``out`` as a Path, refused if it is no .safetensors file name, if it or a file written beside it is one of
+    the run's ``inputs``, if it exists (unless ``overwrite`` or ``resume``), or if its folder cannot be written."""
     out = Path(out)
+    if out.suffix.lower() != ".safetensors":
+        raise OutputError(f"--out {out.name}: a model bundle is a .safetensors file; give a name such as "
+                          f"{out.with_suffix('.safetensors').name}")
+    written = {path.resolve() for path in (out, out.with_suffix(".log.csv"), out.with_suffix(".curves.png"),
+                                           resume_path(out))}
+    clash = [Path(path) for path in inputs if path and Path(path).resolve() in written]
+    if clash:
+        raise OutputError(f"--out {out} would overwrite the input {clash[0]}; choose another --out")
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder; give the model a file name, such as {out / 'model.safetensors'}")
     if out.exists() and not (overwrite or resume):
@@ -535,7 +545,7 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
     reflectance = DN * scale + offset for every raster (default: each raster's metadata or detected)."""
     config = replace(config, method="coarse_only")
     config.check()
-    out = _check_output(out, overwrite, resume)
+    out = _check_output(out, overwrite, resume, [*rasters, polygons, extent])
     log = log or (lambda message: None)
     info = _training_device(config, log, "training")
     data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
@@ -563,7 +573,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     config = replace(config, architecture=t.architecture, encoder=t.encoder, encoder_depth=t.encoder_depth,
                      decoder_channels=tuple(t.decoder_channels))
     config.check()
-    out = _check_output(out, overwrite, resume)
+    out = _check_output(out, overwrite, resume, [teacher_path, *rasters, polygons, extent,
+                                                 *((*coarse[0], coarse[1]) if coarse else ())])
     log = log or (lambda message: None)
     info = _training_device(config, log, "fine-tuning")
     bands = teacher.spec.band_list()

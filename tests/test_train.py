@@ -5,6 +5,7 @@ import csv
 import errno
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,22 @@ def test_existing_output_is_refused_and_kept(domains, teacher, tmp_path):
         train_teacher(images, polygons, out / "t.safetensors", config=TrainConfig(**CHIPS))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.safetensors", "models.safetensors"]
     assert list(folder.iterdir()) == []
+
+
+def test_output_that_is_an_input_is_refused_even_with_overwrite(domains, teacher, tmp_path):
+    """--overwrite replaces an earlier model, never the imagery, the polygons or the teacher being read."""
+    images, polygons = domains["fine"]
+    before = {path: path.read_bytes() for path in (images[0], Path(polygons), Path(teacher.bundle_path))}
+    with pytest.raises(OutputError, match=r"--out .*\.tif: a model bundle is a .safetensors file; give a name such "):
+        train_teacher(images, polygons, images[0], overwrite=True, config=TrainConfig(**CHIPS))
+    with pytest.raises(OutputError, match="would overwrite the input .*teacher.safetensors; choose another --out"):
+        finetune_student(teacher.bundle_path, images, polygons, teacher.bundle_path, overwrite=True,
+                         config=TrainConfig(**CHIPS))
+    sidecar = tmp_path / "notes.log.csv"  # polygons named like the log written beside --out notes.safetensors
+    sidecar.write_bytes(Path(polygons).read_bytes())
+    with pytest.raises(OutputError, match="would overwrite the input .*notes.log.csv"):
+        train_teacher(images, sidecar, tmp_path / "notes.safetensors", overwrite=True, config=TrainConfig(**CHIPS))
+    assert {path: path.read_bytes() for path in before} == before
 
 
 
