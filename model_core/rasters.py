@@ -14,6 +14,7 @@ Both carry dataset tags (:data:`TAGS`): what they hold, the model, the threshold
 thresholded again and scored, and a mask told from it.
 """
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,8 @@ def check_threshold(threshold):
 def check_footprint_settings(threshold, min_area_ha):
     """Checked (threshold, min_area_ha) as floats: how probabilities become footprint polygons."""
     threshold = check_threshold(threshold)
-    if float(min_area_ha) < 0:
-        raise InputError(f"minimum area {min_area_ha} ha must be 0 or more")
+    if not float(min_area_ha) >= 0 or math.isinf(float(min_area_ha)):  # NaN fails the first test
+        raise InputError(f"minimum area {min_area_ha} ha must be a number, 0 or more")
     return threshold, float(min_area_ha)
 
 

@@ -121,8 +121,19 @@ class TrainConfig:
         if self.chip_size < 1 or self.chip_size % (2 ** self.encoder_depth):
             raise InputError(f"chip size {self.chip_size} must be a positive multiple of {2 ** self.encoder_depth} "
                              "(e.g. 128 or 256)")
-        if self.temperature <= 0 or self.lr <= 0:
-            raise InputError("temperature and learning rate must be positive")
+        # name (as the command line spells it), value, lowest allowed (None: above 0), below which bound (or None)
+        for option, value, low, high in (("--lr", self.lr, None, None), ("--temperature", self.temperature, None, None),
+                                         ("--lambda-feat", self.lambda_feat, 0.0, None),
+                                         ("--lambda-pred", self.lambda_pred, 0.0, None),
+                                         ("--gain-jitter", self.gain_jitter, 0.0, 1.0),
+                                         ("offset jitter", self.offset_jitter, 0.0, 1.0),
+                                         ("weight decay", self.weight_decay, 0.0, None)):
+            if not (math.isfinite(value) and (value > 0 if low is None else value >= low)
+                    and (high is None or value < high)):
+                allowed = ("above 0" if low is None else f"{low:g} or more") + (f" and below {high:g}" if high else "")
+                raise InputError(f"{option} {value}: must be a number {allowed}")
+        if self.patience < 1:
+            raise InputError(f"--patience {self.patience}: must be at least 1 epoch")
         if self.rehearsal_scenes < 0:
             raise InputError(f"rehearsal scenes must be 0 (none) or more (got {self.rehearsal_scenes})")
         if self.freeze_encoder and self.method not in TEACHER_INIT + (AUTO_METHOD,):

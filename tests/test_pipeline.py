@@ -214,6 +214,8 @@ def test_corrupt_bundle(scene, tiny_bundle_path, outputs, tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"threshold": 1.5}, "threshold 1.5 must be between 0 and 1"),
+    ({"min_area_ha": float("nan")}, "minimum area nan ha must be a number, 0 or more"),
+    ({"min_area_ha": float("inf")}, "minimum area inf ha must be a number, 0 or more"),
     ({"prob_format": "int16"}, "unknown probability format"),
 ])
 def test_bad_parameters(scene, tiny_bundle_path, outputs, kwargs, message):

@@ -4,6 +4,7 @@ bad input. Tiny chips and few steps keep it to seconds; bench/coarse_to_fine.py 
 import csv
 import errno
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -459,6 +460,20 @@ def test_no_rehearsal_when_asked_for_none_or_the_generator_lacks_the_teachers_ba
     assert messages[-1].startswith("no rehearsal") and "B10" in messages[-1]
     with pytest.raises(InputError, match="rehearsal scenes"):
         TrainConfig(rehearsal_scenes=-1).check()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", float("nan"), "--lr nan: must be a number above 0"), ("lr", -1.0, "--lr -1.0: must be a number above 0"),
+    ("temperature", float("nan"), "--temperature nan: must be a number above 0"),
+    ("lambda_feat", -1.0, "--lambda-feat -1.0: must be a number 0 or more"),
+    ("lambda_pred", float("inf"), "--lambda-pred inf: must be a number 0 or more"),
+    ("gain_jitter", -0.5, "--gain-jitter -0.5: must be a number 0 or more and below 1"),
+    ("gain_jitter", 5.0, "--gain-jitter 5.0: must be a number 0 or more and below 1"),
+    ("patience", 0, "--patience 0: must be at least 1 epoch")])
+def test_training_options_out_of_range_or_not_a_number_are_named(field, value, message):
+    """NaN passed every 'not positive' test: a NaN rate crashed torch, a NaN temperature trained to loss nan."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        TrainConfig(**{field: value}).check()
 
 
 def test_a_student_with_a_frozen_encoder_trains_the_decoder_and_head_only(domains, teacher, tmp_path, monkeypatch):
