@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BandMismatchError, InputError
-from .rasters import valid_pixels
+from .rasters import read_bands, valid_pixels
 
 
 @dataclass(frozen=True)
@@ -349,7 +349,7 @@ def sample_dn(src, bands=None, max_pixels=250_000):
     bands = list(bands or range(1, src.count + 1))
     step = max(1, int(np.ceil(np.sqrt(src.width * src.height / max_pixels))))
     shape = (len(bands), max(1, src.height // step), max(1, src.width // step))
-    data = src.read(bands, out_shape=shape)
+    data = read_bands(src, bands, out_shape=shape, where=" (sampling its values for the reflectance scale)")
     return np.asarray(data, np.float64)[:, valid_pixels(src, bands, data)]
 
 

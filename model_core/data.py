@@ -47,7 +47,7 @@ from . import defaults
 from .bands import Band, Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
 from .polygons import crs_name, overlapping, read_polygons, reproject_polygons
-from .rasters import valid_pixels
+from .rasters import read_bands, valid_pixels
 
 IGNORE = 255
 MIN_CHIP_SIZE = 16  # px: the smallest chip a 4-level encoder (stride 16) can take
@@ -177,7 +177,8 @@ def _scan_pixels(src, band_index, bare_index, radiometry):
     for row in range(0, height, _STRIP_ROWS):
         window = Window(0, row, width, min(_STRIP_ROWS, height - row))
         rows = slice(row, row + window.height)
-        strip = dict(zip(bands, src.read(bands, window=window, out_dtype="float32")))
+        strip = dict(zip(bands, read_bands(src, bands, window=window, out_dtype="float32",
+                                           where=f" at pixel rows {row}-{row + window.height - 1}")))
         image_valid[rows] = valid_pixels(src, band_index, np.stack([strip[b] for b in band_index]), window)
         if bare_index is not None:
             red, nir, swir1 = (strip[b] * radiometry.scale + radiometry.offset for b in bare_index)
@@ -701,7 +702,7 @@ def _is_chip_export(folder):
 
 def _write_chip_pair(src, raster, chip, name, folder):
     labels = raster.labels[chip.row:chip.row + chip.size, chip.col:chip.col + chip.size]
-    data = src.read(raster.band_index, window=chip.window)
+    data = read_bands(src, raster.band_index, window=chip.window)
     common = {"driver": "GTiff", "width": chip.size, "height": chip.size, "crs": src.crs,
               "transform": src.window_transform(chip.window), "compress": "deflate"}
     with rasterio.open(folder / "image" / name, "w", count=len(raster.band_index), dtype=data.dtype,

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import rasterio.errors
 import rasterio.windows
 import torch
 from rasterio.features import geometry_mask
@@ -45,7 +44,7 @@ from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from . import device as devices
 from .errors import Cancelled, InputError
-from .rasters import (MASK_CONTENT, PROBABILITY_CONTENT, encode_probability, mask_profile, output_tags,
+from .rasters import (MASK_CONTENT, PROBABILITY_CONTENT, encode_probability, mask_profile, output_tags, read_bands,
                       probability_profile, threshold_mask, valid_pixels)
 
 WEIGHT_FLOOR = 1e-3
@@ -234,12 +233,8 @@ class TileReader:
         valid = np.empty((len(places), height, width), dtype=bool)
         for k, (row, col) in enumerate(places):
             window = Window(self.region.col_off + col, self.region.row_off + row, width, height)
-            try:
-                tile = src.read(self.band_index, window=window, out_dtype="float32")
-            except rasterio.errors.RasterioIOError as error:
-                raise InputError(f"cannot read {Path(self.src_path).name} at pixel rows {window.row_off}-"
-                                 f"{window.row_off + height - 1}: {str(error).splitlines()[0][:160]}; the file is "
-                                 "damaged or incomplete: copy or download it again") from error
+            tile = read_bands(src, self.band_index, window=window, out_dtype="float32",
+                              where=f" at pixel rows {window.row_off}-{window.row_off + height - 1}")
             tile_valid = valid_pixels(src, self.band_index, tile, window)
             if self.exclude:
                 tile_valid &= geometry_mask(self.exclude, (height, width), src.window_transform(window))

@@ -144,3 +144,15 @@ def open_raster(path):
         raise InputError(f"{path.name} is georeferenced only by ground control points; warp it first "
                          f"(QGIS: Raster > Projections > Warp, or gdalwarp)")
     return src
+
+
+def read_bands(src, bands, *, where="", **options):
+    """``src.read(bands, **options)``, a failed read (a damaged file, a missing file behind a VRT) raised as an
+    InputError naming the file, ``where`` in it (e.g. " at pixel rows 0-255"), and what to do."""
+    try:
+        return src.read(bands, **options)
+    except rasterio.errors.RasterioIOError as error:
+        raise InputError(f"cannot read {Path(src.name).name}{where}: {str(error).splitlines()[0][:160]}; the file is "
+                         "damaged or incomplete (or a file it refers to is missing): copy or download it again") \
+            from error
+

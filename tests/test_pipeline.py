@@ -4,6 +4,7 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +161,20 @@ def test_not_a_raster(tiny_bundle_path, outputs, tmp_path):
     with pytest.raises(InputError, match="notes.tif is not a raster GDAL can read"):
         run(fake, tiny_bundle_path, outputs)
     assert not outputs[0].parent.exists()  # not even the output folder it created
+
+
+def test_a_virtual_raster_missing_a_file_is_named_not_a_traceback(make_raster, tiny_bundle_path, outputs, tmp_path):
+    """The first read of the data (sampling it for the reflectance scale) fails when a VRT's band file is gone."""
+    from osgeo import gdal
+
+    files = [str(make_raster(f"{name}.tif", scene_dn()[k:k + 1], descriptions=[name])) for k, name in enumerate(BANDS)]
+    vrt = tmp_path / "stack.vrt"
+    gdal.BuildVRT(str(vrt), files, separate=True).FlushCache()
+    Path(files[-1]).unlink()
+    with pytest.raises(InputError, match=r"cannot read stack.vrt \(sampling its values for the reflectance scale\): "
+                                         r".*B12.tif.*: copy or download it again"):
+        run(vrt, tiny_bundle_path, outputs, band_mapping={name: k for k, name in enumerate(BANDS, 1)})
+    assert not outputs[0].parent.exists()
 
 
 def test_too_few_bands(make_raster, tiny_bundle_path, outputs):
