@@ -229,8 +229,7 @@ def _probability_stats(polygons, prob_src):
     """Mean and max probability (0..1) over the pixels inside each pixel-outline polygon."""
     means, maxima = [], []
     for poly in polygons:
-        window = rasterio.windows.from_bounds(*poly.bounds, transform=prob_src.transform)
-        window = window.round_offsets().round_lengths()
+        window = rasterio.features.geometry_window(prob_src, [poly])  # also on south-up grids
         prob, valid = decode_probability(prob_src.read(1, window=window))
         inside = rasterio.features.geometry_mask([poly], prob.shape, prob_src.window_transform(window),
                                                  invert=True) & valid

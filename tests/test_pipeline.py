@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from osgeo import ogr
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 
 from model_core.bundle import load_bundle
 from model_core.errors import BandMismatchError, BundleError, Cancelled, InputError, OutputError
@@ -48,7 +48,11 @@ def files_in(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_outputs_on_the_input_grid_and_areas_match_the_mask(scene, tiny_bundle_path, outputs):
+@pytest.mark.parametrize("south_up", [False, True])
+def test_outputs_on_the_input_grid_and_areas_match_the_mask(scene, tiny_bundle_path, outputs, make_raster, south_up):
+    if south_up:  # rows run south to north (positive pixel height), as some exports store them
+        scene = make_raster("scene.tif", scene_dn()[:, ::-1], descriptions=BANDS,
+                            transform=Affine(10.0, 0.0, 500000.0, 0.0, 10.0, 5800000.0 - 960.0))
     result = run(scene, tiny_bundle_path, outputs, threshold=0.5, min_area_ha=0.0)
     assert [result.prob_path, result.mask_path, result.footprints_path] == list(outputs)
     assert files_in(outputs[0].parent) == sorted(p.name for p in outputs)  # no temporaries left
@@ -61,6 +65,8 @@ def test_outputs_on_the_input_grid_and_areas_match_the_mask(scene, tiny_bundle_p
     assert layer.GetFeatureCount() == result.footprint_count
     areas = [f.GetField("area_ha") for f in layer]
     assert sum(areas) == pytest.approx(result.total_area_ha, abs=1e-3)
+    xmin, xmax, ymin, ymax = layer.GetExtent()
+    assert 500000.0 <= xmin < xmax <= 500960.0 and 5799040.0 <= ymin < ymax <= 5800000.0
     # 10 m pixels = 0.01 ha each (UTM scale error ~0.1 %); one-pixel simplification moves outlines a little
     assert result.total_area_ha == pytest.approx(mask_pixels * 0.01, rel=0.05, abs=0.05)
     assert result.device_name and result.radiometry_reason
