@@ -136,9 +136,13 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
             kind = "a footprint mask" if content == MASK_CONTENT else "not a probability raster written by MineC2F"
             raise InputError(f"a threshold applies to a probability raster, and {Path(pred_path).name} is {kind}; "
                              "leave the threshold out or give the <name>_prob.tif that segment wrote")
-        if ref_is_raster and (ref_src.shape != src.shape or ref_src.transform != src.transform):
-            raise InputError(f"reference raster {reference.name} is not on the prediction's grid; "
-                             "use a reference polygon layer or resample the reference")
+        if ref_is_raster and (ref_src.shape != src.shape or ref_src.transform != src.transform
+                              or ref_src.crs != src.crs):
+            raise InputError(f"reference raster {reference.name} is not on the prediction's grid (size, pixels and "
+                             "CRS); use a reference polygon layer or resample the reference")
+        if ref_is_raster and ref_src.count != 1:
+            raise InputError(f"reference raster {reference.name} has {ref_src.count} bands; give a one-band mask of 1 "
+                             "(footprint) and 0, or reference polygons")
         crs_wkt = src.crs.to_wkt() if src.crs else ""
         ref_shapes = None if ref_is_raster else _reference_polygons(reference, layer, src, extent is not None)
         extent_shapes = None if extent is None else _polygons_in(extent, extent_layer, crs_wkt, "labelled extent file")
@@ -156,15 +160,13 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
                 prob, valid_prob = decode_probability(values)
                 pred, valid = prob >= threshold, valid & valid_prob
             else:
-                pred = values == 1
-                other = values[valid & ~pred & (values != 0)]
-                if other.size:
-                    raise InputError(f"{Path(pred_path).name} holds {other[0]:g} where a footprint mask holds 1 "
-                                     "(footprint) or 0; give the <name>_mask.tif or <name>_prob.tif that segment "
-                                     "wrote, or a mask of 0 and 1")
+                pred = _zero_one(values, valid, pred_path, "the <name>_mask.tif or <name>_prob.tif that segment wrote, "
+                                                           "or a mask of 0 and 1")
             if ref_is_raster:
-                ref = ref_src.read(1, window=window) == 1
-                valid &= ref_src.read_masks(1, window=window) > 0
+                ref_valid = ref_src.read_masks(1, window=window) > 0
+                ref = _zero_one(ref_src.read(1, window=window), ref_valid, reference,
+                                "a reference mask of 0 and 1 (e.g. 255 -> 1 with the raster calculator), or polygons")
+                valid &= ref_valid
             else:
                 ref = _rasterize(ref_shapes, bounds, pred.shape, transform)
             core = slice(top - start, bottom - start)
@@ -185,6 +187,18 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
     scores = _scores_of_counts(*counts[:3].tolist())
     scores["boundary_f1"] = _boundary_f1_of_counts(*counts[3:7].tolist())
     return scores
+
+
+def _zero_one(values, valid, path, fix):
+    """A mask raster's ``values`` as footprint (True where 1); a valid value other than 0 or 1 is refused."""
+    from .errors import InputError
+
+    footprint = values == 1
+    other = values[valid & ~footprint & (values != 0)]
+    if other.size:
+        raise InputError(f"{Path(path).name} holds {other[0]:g} where a footprint mask holds 1 (footprint) or 0; "
+                         f"give {fix}")
+    return footprint
 
 
 def _polygons_in(path, layer, crs_wkt, what):

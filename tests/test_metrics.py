@@ -74,6 +74,22 @@ def test_evaluate_against_raster_and_polygons(tmp_path, make_raster):
     assert set(all_scores(pred, ref)) == {"iou", "f1", "precision", "recall", "boundary_f1"}
 
 
+def test_evaluate_refuses_a_reference_raster_that_is_no_mask_of_this_grid(make_raster):
+    """A 0/255 mask, an image or a mask in another CRS used to score 0 (or nonsense) without a word."""
+    pred, ref = squares(5)
+    pred_path = make_raster("pred.tif", pred.astype("uint8"), nodata=255)
+    with pytest.raises(InputError, match=r"ref255.tif holds 255 where a footprint mask holds 1 \(footprint\) or 0; "
+                                         r"give a reference mask of 0 and 1"):
+        evaluate_mask_raster(pred_path, make_raster("ref255.tif", ref.astype("uint8") * 255))
+    with pytest.raises(InputError, match="image.tif has 3 bands; give a one-band mask"):
+        evaluate_mask_raster(pred_path, make_raster("image.tif", np.stack([ref.astype("uint8")] * 3)))
+    with pytest.raises(InputError, match="wgs84.tif is not on the prediction's grid"):
+        evaluate_mask_raster(pred_path, make_raster("wgs84.tif", ref.astype("uint8"), crs="EPSG:4326"))
+    nodata_ref = make_raster("ref_nodata.tif", np.where(ref, 1, 255).astype("uint8"), nodata=255)
+    scores = evaluate_mask_raster(pred_path, nodata_ref)  # only its footprint pixels are scored: no false alarm
+    assert (scores["precision"], scores["recall"]) == (1.0, 0.5)
+
+
 def test_iou_by_threshold_reads_an_engine_probability_raster_and_ignores_its_nodata(tmp_path):
     from rasterio.transform import from_origin
 
