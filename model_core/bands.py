@@ -200,6 +200,11 @@ def match_bands(info, model_bands, mapping=None):
         (chosen.append(index) if index is not None else missing.append(band))
     if missing:
         raise BandMismatchError(_mismatch_message(info, known, model_bands, missing, source))
+    for index in mapping.values():
+        fed = [band.name for band, chosen_index in zip(model_bands, chosen) if chosen_index == index]
+        if len(fed) > 1:
+            raise BandMismatchError(f"the band mapping feeds raster band {index} to {', '.join(fed)}; give each model "
+                                    "band its own raster band")
     return chosen
 
 

@@ -133,7 +133,11 @@ def test_red_edge_does_not_stand_in_for_red(tmp_path):
 
 def test_mapping_overrides_and_is_checked(tmp_path):
     info = info_of(write(tmp_path / "r.tif", 12))
-    assert match_bands(info, DEFAULT_MODEL_BANDS, {"B02": 4})[0] == 4
+    assert match_bands(info, DEFAULT_MODEL_BANDS, {"B02": 4, "B04": 2})[:3] == [4, 3, 2]
+    with pytest.raises(BandMismatchError, match="feeds raster band 4 to B02, B04; give each model band its own"):
+        match_bands(info, DEFAULT_MODEL_BANDS, {"B02": 4})  # B04 still found in band 4 of the standard layout
+    with pytest.raises(BandMismatchError, match="feeds raster band 2 to B02, B03, B04, B08, B11, B12"):
+        match_bands(info, DEFAULT_MODEL_BANDS, {name: 2 for name in ("B02", "B03", "B04", "B08", "B11", "B12")})
     with pytest.raises(BandMismatchError, match="B12=13: the raster has 12 bands"):
         match_bands(info, DEFAULT_MODEL_BANDS, {"B12": 13})
 
