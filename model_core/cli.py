@@ -3,12 +3,15 @@
 Each command is one ``add_<command>_command(subparsers)`` function that declares its arguments and sets
 ``handler`` to a function taking the parsed arguments; to add a command, write such a function and list it
 in ``COMMANDS``. Handlers raise MineC2FError subclasses; :func:`main` turns them into one ``error: ...`` line
-and exit status 1 (130 on cancel / Ctrl+C).
+and exit status 1 (130 on cancel, Ctrl+C or SIGTERM).
 """
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from . import defaults
 from .errors import Cancelled, InputError, MineC2FError
@@ -163,9 +166,17 @@ def _add_training_arguments(parser, run_defaults):
     _add_radiometry_arguments(parser, "for every --raster (default: from each raster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run of the same --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.set_defaults(min_steps_per_epoch=run_defaults["min_steps_per_epoch"],
-                        interrupted="interrupted; an epoch that finished left its best model at --out, and the same "
-                                    "command with --resume continues the run")
+    parser.set_defaults(min_steps_per_epoch=run_defaults["min_steps_per_epoch"], interrupted=_training_interrupted)
+
+
+def _training_interrupted(args):
+    """What an interrupted training run kept: a checkpoint after each finished epoch, nothing before the first."""
+    from .train import resume_path
+
+    if resume_path(args.out).exists():
+        return ("interrupted; the best model so far is at --out (a student's once an epoch beat its teacher), and the "
+                "same command with --resume continues the run")
+    return "interrupted before the first epoch ended; nothing was written (an existing --out is kept)"
 
 
 def add_train_command(subparsers):
@@ -325,14 +336,34 @@ def main(argv=None):
     os.environ.setdefault("GDAL_CACHEMAX", "64")
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        with _terminate_as_interrupt():
+            args.handler(args)
     except Cancelled as error:
         print(error, file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(getattr(args, "interrupted", "interrupted; no output was written"), file=sys.stderr)
+        interrupted = getattr(args, "interrupted", None)
+        print(interrupted(args) if interrupted else "interrupted; no output was written", file=sys.stderr)
         return 130
     except MineC2FError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (kill, a job scheduler's stop) handled as Ctrl+C: staged outputs are removed, not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+

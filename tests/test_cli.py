@@ -1,6 +1,8 @@
 """python -m model_core segment: outputs, printed summary, one-line errors and exit codes."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -64,14 +66,30 @@ def test_cancel_exits_130(monkeypatch, scene, tmp_path, capsys):
     assert "cancelled" in capsys.readouterr().err
 
 
-def test_interrupted_training_says_what_is_kept_and_how_to_resume(monkeypatch, capsys):
+def test_interrupted_training_says_what_is_kept_and_how_to_resume(monkeypatch, capsys, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr("model_core.train.finetune_student", interrupted)
-    args = ["finetune", "--teacher", "t.safetensors", "--raster", "r.tif", "--polygons", "p.gpkg",
-            "--out", "s.safetensors"]
+    out = tmp_path / "s.safetensors"
+    args = ["finetune", "--teacher", "t.safetensors", "--raster", "r.tif", "--polygons", "p.gpkg", "--out", str(out)]
     assert cli.main(args) == 130
-    assert "best model at --out, and the same command with --resume continues" in capsys.readouterr().err
+    assert "before the first epoch ended; nothing was written" in capsys.readouterr().err
+    (tmp_path / "s.resume.safetensors").write_bytes(b"a checkpoint after an epoch")
+    assert cli.main(args) == 130
+    assert "best model so far is at --out (a student's once an epoch beat its teacher), and the same command with " \
+           "--resume continues" in capsys.readouterr().err
+
+
+def test_sigterm_is_handled_as_an_interrupt(monkeypatch, capsys, tmp_path):
+    """kill or a scheduler's stop: the staged outputs are removed as on Ctrl+C, and the exit status is 130."""
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt")
+    monkeypatch.setattr("model_core.pipeline.segment_scene", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["segment", "in.tif", "--out-dir", str(tmp_path)]) == 130
+    assert "interrupted; no output was written" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_joint_takes_the_coarse_data_from_its_own_options(monkeypatch, capsys):
