@@ -95,9 +95,9 @@ def add_export_chips_command(subparsers):
                     "train/val split is by location.")
     parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
     parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
-    parser.add_argument("--layer", help="layer of --polygons (default: the first)")
+    _add_layer_argument(parser, "--polygons")
     parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
-    parser.add_argument("--extent-layer", help="layer of --extent (default: the first)")
+    _add_layer_argument(parser, "--extent")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="new folder for the chips")
     parser.add_argument("--chip-size", type=int, default=defaults.TEACHER["chip_size"], metavar="N")
     parser.add_argument("--stride", type=int, metavar="N", help="step between chips (default: the chip size)")
@@ -134,11 +134,19 @@ def _add_radiometry_arguments(parser, note):
         parser.add_argument(flag, type=float, metavar=metavar, help=f"reflectance = DN * S + O {note}")
 
 
+def _add_layer_argument(parser, option):
+    """--layer (for the polygons of ``option``) or --extent-layer (for --extent): a multi-layer file's layer."""
+    flag = "--extent-layer" if option == "--extent" else "--layer"
+    parser.add_argument(flag, metavar="NAME", help=f"layer of {option} (default: the first)")
+
+
 def _add_training_arguments(parser, run_defaults):
     """The arguments of every training command; ``run_defaults``: defaults.TEACHER or defaults.STUDENT."""
     parser.add_argument("--raster", action="append", required=True, metavar="R.tif", help="raster (repeatable)")
     parser.add_argument("--polygons", required=True, metavar="P.gpkg", help="footprint polygons (any CRS)")
+    _add_layer_argument(parser, "--polygons")
     parser.add_argument("--extent", metavar="E.gpkg", help="where the labels are complete (outside: ignored)")
+    _add_layer_argument(parser, "--extent")
     parser.add_argument("--epochs", type=int, default=run_defaults["epochs"], metavar="N",
                         help="training epochs (default %(default)s)")
     parser.add_argument("--out", required=True, metavar="OUT.safetensors", help="bundle to write")
@@ -232,7 +240,8 @@ def _training_call(args):
         if hasattr(args, name):
             fields[name] = getattr(args, name)
     return TrainConfig(**fields), {
-        "extent": args.extent, "band_mapping": parse_band_mapping(args.bands) if args.bands else None,
+        "extent": args.extent, "polygon_layer": args.layer, "extent_layer": args.extent_layer,
+        "band_mapping": parse_band_mapping(args.bands) if args.bands else None,
         "scale": args.scale, "offset": args.offset, "overwrite": args.overwrite, "resume": args.resume,
         "progress": _ProgressPrinter(), "log": lambda message: print(message, file=sys.stderr)}
 
@@ -300,7 +309,9 @@ def add_evaluate_command(subparsers):
                     "raster segment wrote, thresholded at --threshold (default: segment's).")
     parser.add_argument("prediction", metavar="PRED.tif", help="<stem>_mask.tif or <stem>_prob.tif from segment")
     parser.add_argument("--reference", required=True, metavar="REF.gpkg|REF_MASK.tif")
+    _add_layer_argument(parser, "--reference")
     parser.add_argument("--extent", metavar="E.gpkg", help="where the reference is complete (only there is scored)")
+    _add_layer_argument(parser, "--extent")
     parser.add_argument("--threshold", type=float, metavar="P", help="for a probability raster (default: segment's)")
     parser.add_argument("--tolerance-px", type=int, default=2, help="boundary F1 tolerance in pixels")
     parser.set_defaults(handler=run_evaluate)
@@ -313,7 +324,8 @@ def run_evaluate(args):
         if not os.path.exists(path):
             raise InputError(f"{path} does not exist; check the path")
     scores = evaluate_mask_raster(args.prediction, args.reference, tolerance_px=args.tolerance_px,
-                                  threshold=args.threshold, extent=args.extent)
+                                  threshold=args.threshold, extent=args.extent, layer=args.layer,
+                                  extent_layer=args.extent_layer, log=lambda message: print(message, file=sys.stderr))
     print("  ".join(f"{name} {value:.3f}" for name, value in scores.items()))
 
 

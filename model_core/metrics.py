@@ -109,14 +109,16 @@ def iou_by_threshold(prob_path, reference_mask_path, thresholds):
 
 
 def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, threshold=None, extent=None,
-                         extent_layer=None, strip_rows=EVALUATE_STRIP_ROWS, progress=None, is_canceled=None):
+                         extent_layer=None, strip_rows=EVALUATE_STRIP_ROWS, progress=None, is_canceled=None,
+                         log=None):
     """Scores (as :func:`all_scores`) of a prediction raster against ``reference``: a mask raster on the same grid
     or a polygon layer (any CRS; reprojected and rasterised on the prediction's grid). The prediction is a mask (1
     footprint, 0 background, nodata ignored) or a probability raster written by MineC2F, thresholded at
     ``threshold`` (default: the one it was written with). With ``extent`` (polygons, any CRS: where the reference
     is complete) only the pixels inside it count. Read in strips of ``strip_rows`` rows (with a margin of
     ``tolerance_px`` + 1 rows for the boundaries), so memory does not grow with the raster's height. ``progress``
-    gets 0-100, ``is_canceled()`` True stops it with Cancelled."""
+    gets 0-100, ``is_canceled()`` True stops it with Cancelled; ``log`` gets what reading the polygons noted
+    (repairs, the layer read)."""
     import rasterio
     from rasterio.windows import Window
 
@@ -144,8 +146,9 @@ def evaluate_mask_raster(pred_path, reference, *, tolerance_px=2, layer=None, th
             raise InputError(f"reference raster {reference.name} has {ref_src.count} bands; give a one-band mask of 1 "
                              "(footprint) and 0, or reference polygons")
         crs_wkt = src.crs.to_wkt() if src.crs else ""
-        ref_shapes = None if ref_is_raster else _reference_polygons(reference, layer, src, extent is not None)
-        extent_shapes = None if extent is None else _polygons_in(extent, extent_layer, crs_wkt, "labelled extent file")
+        ref_shapes = None if ref_is_raster else _reference_polygons(reference, layer, src, extent is not None, log)
+        extent_shapes = (None if extent is None else
+                         _polygons_in(extent, extent_layer, crs_wkt, "labelled extent file", log))
         halo = int(tolerance_px) + 1
         counts = np.zeros(9, dtype=np.int64)  # confusion (3), boundary (4), valid pixels, of them inside the extent
         for top in range(0, src.height, strip_rows):
@@ -201,14 +204,14 @@ def _zero_one(values, valid, path, fix):
     return footprint
 
 
-def _polygons_in(path, layer, crs_wkt, what):
+def _polygons_in(path, layer, crs_wkt, what, log):
     """The polygons of ``path`` (any CRS) in the CRS ``crs_wkt``."""
     from .polygons import read_polygons, reproject_polygons
 
-    return reproject_polygons(read_polygons(path, layer, what=what), crs_wkt)
+    return reproject_polygons(read_polygons(path, layer, what=what, log=log), crs_wkt)
 
 
-def _reference_polygons(path, layer, src, with_extent):
+def _reference_polygons(path, layer, src, with_extent, log):
     """The reference polygons of ``path`` in the CRS of raster ``src``. Without a labelled extent some must overlap
     the raster: none means the wrong layer, raster or CRS (scores of 0 would hide it). With one, a reference
     without footprints is an area without mines."""
@@ -216,7 +219,7 @@ def _reference_polygons(path, layer, src, with_extent):
     from .polygons import crs_name, overlapping, read_polygons, reproject_polygons
 
     crs_wkt = src.crs.to_wkt() if src.crs else ""
-    polygons = read_polygons(path, layer, what="reference polygon file", allow_empty=with_extent)
+    polygons = read_polygons(path, layer, what="reference polygon file", allow_empty=with_extent, log=log)
     shapes = reproject_polygons(polygons, crs_wkt)
     if not with_extent and not overlapping(shapes, src.bounds):
         raise InputError(

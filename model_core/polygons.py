@@ -46,6 +46,10 @@ def read_polygons(path, layer=None, *, allow_empty=False, log=None, what="polygo
             if source.GetLayerCount() == 0:
                 raise InputError(f"{path} holds no vector layer; give a file with a polygon layer")
             ogr_layer = source.GetLayer(0)
+            if source.GetLayerCount() > 1:
+                names = [source.GetLayer(i).GetName() for i in range(source.GetLayerCount())]
+                log(f"{path.name} holds {len(names)} layers ({', '.join(names)}); reading the first, "
+                    f"{names[0]!r}: name the layer to read another")
         else:
             ogr_layer = source.GetLayerByName(layer)
             if ogr_layer is None:

@@ -550,17 +550,19 @@ def chip_datasets(config, rasters, polygons, bands, **options):
 
 
 def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(method="coarse_only"),
-                  bands=DEFAULT_MODEL_BANDS, band_mapping=None, scale=None, offset=None, overwrite=False, resume=False,
-                  progress=None, is_canceled=None, log=None):
+                  bands=DEFAULT_MODEL_BANDS, band_mapping=None, scale=None, offset=None, polygon_layer=None,
+                  extent_layer=None, overwrite=False, resume=False, progress=None, is_canceled=None, log=None):
     """Train a teacher on (coarse) ``polygons`` over ``rasters``; writes the bundle ``out``. ``scale``/``offset``:
-    reflectance = DN * scale + offset for every raster (default: each raster's metadata or detected)."""
+    reflectance = DN * scale + offset for every raster (default: each raster's metadata or detected).
+    ``polygon_layer``/``extent_layer``: the layer of a multi-layer file (default: its first)."""
     config = replace(config, method="coarse_only")
     config.check()
     out = _check_output(out, overwrite, resume, [*rasters, polygons, extent])
     log = log or (lambda message: None)
     info = _training_device(config, log, "training")
     data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
-                         max_chips=config.max_chips, band_mapping=band_mapping, scale=scale, offset=offset, log=log)
+                         max_chips=config.max_chips, band_mapping=band_mapping, scale=scale, offset=offset,
+                         polygon_layer=polygon_layer, extent_layer=extent_layer, log=log)
     torch.manual_seed(config.seed)
     net = build_net(config.architecture, config.encoder, len(bands), config.encoder_depth, config.decoder_channels)
     spec = _spec(config, Path(out).stem, "teacher", bands, data)
@@ -570,12 +572,12 @@ def train_teacher(rasters, polygons, out, *, extent=None, config=TrainConfig(met
 
 def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                      config=TrainConfig(**defaults.STUDENT, method=AUTO_METHOD), coarse=None, band_mapping=None,
-                     scale=None, offset=None, overwrite=False, resume=False, progress=None, is_canceled=None,
-                     log=None):
+                     scale=None, offset=None, polygon_layer=None, extent_layer=None, overwrite=False, resume=False,
+                     progress=None, is_canceled=None, log=None):
     """Fine-tune a student from the teacher bundle on precise ``polygons``; writes the bundle ``out``.
 
-    ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only. ``scale``/``offset``:
-    as for :func:`train_teacher`.
+    ``coarse``: (rasters, polygons) of the coarse domain, needed by the ``joint`` baseline only. ``scale``/``offset``,
+    ``polygon_layer``/``extent_layer``: as for :func:`train_teacher`.
     """
     if config.method == "coarse_only":
         raise InputError("method coarse_only is the teacher itself; use `train` for it")
@@ -593,7 +595,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     try:
         data = chip_datasets(config, rasters, polygons, bands, extent=extent, val_fraction=config.val_fraction,
                              max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale,
-                             offset=offset, log=log)
+                             offset=offset, polygon_layer=polygon_layer, extent_layer=extent_layer, log=log)
     except BandMismatchError as error:
         raise BandMismatchError(f"the teacher {Path(teacher_path).name} cannot train on this raster: {error}") \
             from error

@@ -129,6 +129,9 @@ def test_an_epoch_is_at_least_the_commands_minimum_unless_set(command, run_defau
     assert (config.steps_per_epoch, config.min_steps_per_epoch) == (None, run_defaults["min_steps_per_epoch"])
     assert config.epochs == run_defaults["epochs"]
     assert config.gain_jitter == run_defaults["gain_jitter"]
+    _, options = cli._training_call(cli.build_parser().parse_args([command, *required, "--layer", "fine_labels",
+                                                                   "--extent-layer", "area"]))
+    assert (options["polygon_layer"], options["extent_layer"]) == ("fine_labels", "area")
     config, _ = cli._training_call(cli.build_parser().parse_args([command, *required, "--steps-per-epoch", "7",
                                                                   "--gain-jitter", "0.3"]))
     assert config.steps_per_epoch == 7 and config.gain_jitter == 0.3

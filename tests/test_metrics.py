@@ -213,3 +213,24 @@ def test_evaluate_in_strips_scores_exactly_as_the_whole_arrays(tmp_path, make_ra
     assert reported == pytest.approx([100 * 20 / 61, 100 * 40 / 61, 100 * 60 / 61, 100.0])
     with pytest.raises(Cancelled, match="scoring was cancelled"):
         evaluate_mask_raster(pred_path, ref_path, strip_rows=20, is_canceled=lambda: True)
+
+
+def test_evaluate_reads_the_named_layer_of_a_multi_layer_file_and_says_which(tmp_path, capsys):
+    from osgeo import ogr
+
+    from model_core.cli import main
+
+    pred, _ = squares(5)
+    mask_path = write_engine_output(tmp_path / "m.tif", pred, "footprint mask")
+    both = polygon_file(tmp_path / "both.gpkg", [(0, 0, 2, 2)])  # layer "footprints": a wrong corner
+    fine = polygon_file(tmp_path / "fine.gpkg", [(10, 5, 20, 15)])  # the predicted square exactly
+    dataset, source = ogr.Open(str(both), update=1), ogr.Open(str(fine))  # the source kept open while copied
+    dataset.CopyLayer(source.GetLayer(0), "fine_labels")
+    dataset = source = None
+    assert main(["evaluate", str(mask_path), "--reference", str(both)]) == 0
+    captured = capsys.readouterr()
+    assert "both.gpkg holds 2 layers (footprints, fine_labels); reading the first, 'footprints'" in captured.err
+    assert "iou 0.000" in captured.out
+    assert main(["evaluate", str(mask_path), "--reference", str(both), "--layer", "fine_labels"]) == 0
+    assert "iou 1.000" in capsys.readouterr().out
+
