@@ -118,6 +118,9 @@ def run_export_chips(args):
     from .bundle import read_spec
     from .data import export_chips
 
+    if args.bands and not args.model:
+        raise InputError("--bands maps the bands of a model: give its --model too (without one every band is "
+                         "exported)")
     result = export_chips(
         args.raster, args.polygons, args.out_dir, extent=args.extent, chip_size=args.chip_size, stride=args.stride,
         val_fraction=args.val_fraction, seed=args.seed,

@@ -211,7 +211,7 @@ def build_chip_index(rasters, chip_size=256, stride=None, *, val_fraction=defaul
     with its statistics and a spatial train/val split (see the module docstring) that leaves at least
     ``min_train_chips`` training chips if it can (on a small raster less than ``val_fraction`` then goes to
     validation). Deterministic given ``seed``."""
-    stride = stride or chip_size
+    stride = chip_size if stride is None else stride
     if chip_size <= 0 or stride <= 0:
         raise InputError(f"chip size ({chip_size}) and stride ({stride}) must be positive; pass e.g. 256 and 128")
     if not 0 <= val_fraction < 1:

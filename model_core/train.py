@@ -103,7 +103,7 @@ class TrainConfig:
 
     @property
     def chip_stride(self):
-        return self.stride or self.chip_size // 2
+        return self.chip_size // 2 if self.stride is None else self.stride
 
     def check(self):
         known = METHODS + (AUTO_METHOD,)

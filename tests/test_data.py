@@ -446,6 +446,11 @@ def test_export_chips_command(tmp_path, capsys):
                  str(tmp_path / "given"), "--chip-size", "16", "--scale", "2e-4", "--offset", "-0.1"]) == 0
     with rasterio.open(next((tmp_path / "given" / "image").iterdir())) as chip:
         assert chip.scales == (2e-4,) * 6 and chip.offsets == (-0.1,) * 6
+    for bad, message in ((["--stride", "0"], "stride (0) must be positive"),
+                         (["--bands", "B02=1"], "--bands maps the bands of a model: give its --model too")):
+        assert main(["export-chips", "--raster", str(raster), "--polygons", str(polygons), "--out-dir",
+                     str(tmp_path / "bad"), *bad]) == 1
+        assert message in capsys.readouterr().err
     far = write_polygons(tmp_path / "far.gpkg", [pixel_box(1000, 1010, 0, 10)])
     assert main(["export-chips", "--raster", str(raster), "--polygons", str(far), "--out-dir",
                  str(tmp_path / "other")]) == 1
