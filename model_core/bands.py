@@ -220,8 +220,11 @@ def _find(known, band):
 def _mismatch_message(info, known, model_bands, missing, source):
     have = ", ".join(f"{i}={name}" if name else f"{i}=?" for i, (name, _) in enumerate(known, start=1))
     if all(name is None for name, _ in known):
-        what = (f"its {info.count} band{'s carry' if info.count != 1 else ' carries'} no name or wavelength and "
-                f"{info.count} is not a standard Sentinel-2/Landsat band count")
+        described = [d for d in info.descriptions if d]
+        what = (f"its {info.count} band{'s carry' if info.count != 1 else ' carries'} no name or wavelength"
+                + (f" it recognises (described as {', '.join(described[:6])}{', ...' if len(described) > 6 else ''})"
+                   if described else "")
+                + f" and {info.count} is not a standard Sentinel-2/Landsat band count")
     else:
         what = f"it has {have} ({source})"
     example = ",".join(f"{b.name}={i}" for i, b in enumerate(model_bands, start=1))

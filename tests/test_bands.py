@@ -131,6 +131,13 @@ def test_red_edge_does_not_stand_in_for_red(tmp_path):
         match_bands(info_of(path), [Band("B02", 490), Band("B04", 665)])
 
 
+def test_descriptions_it_does_not_know_are_quoted_in_the_mismatch(tmp_path):
+    info = info_of(write(tmp_path / "r.tif", 5, descriptions=["band_a", "b", "c", "d", "e"]))
+    with pytest.raises(BandMismatchError, match=r"no name or wavelength it recognises \(described as band_a, b, c, "
+                                                r"d, e\) and 5 is not a standard"):
+        match_bands(info, DEFAULT_MODEL_BANDS)
+
+
 def test_mapping_overrides_and_is_checked(tmp_path):
     info = info_of(write(tmp_path / "r.tif", 12))
     assert match_bands(info, DEFAULT_MODEL_BANDS, {"B02": 4, "B04": 2})[:3] == [4, 3, 2]
