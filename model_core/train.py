@@ -112,6 +112,8 @@ class TrainConfig:
         for name in ("epochs", "batch", "min_steps_per_epoch"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.max_chips is not None and self.max_chips < 1:
+            raise InputError(f"--max-chips {self.max_chips}: must be at least 1 (leave it out to train on every chip)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise InputError(f"steps per epoch must be at least 1 (got {self.steps_per_epoch})")
         if not 0 < self.val_fraction < 1:

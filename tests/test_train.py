@@ -469,7 +469,8 @@ def test_no_rehearsal_when_asked_for_none_or_the_generator_lacks_the_teachers_ba
     ("lambda_pred", float("inf"), "--lambda-pred inf: must be a number 0 or more"),
     ("gain_jitter", -0.5, "--gain-jitter -0.5: must be a number 0 or more and below 1"),
     ("gain_jitter", 5.0, "--gain-jitter 5.0: must be a number 0 or more and below 1"),
-    ("patience", 0, "--patience 0: must be at least 1 epoch")])
+    ("patience", 0, "--patience 0: must be at least 1 epoch"),
+    ("max_chips", 0, "--max-chips 0: must be at least 1 (leave it out to train on every chip)")])
 def test_training_options_out_of_range_or_not_a_number_are_named(field, value, message):
     """NaN passed every 'not positive' test: a NaN rate crashed torch, a NaN temperature trained to loss nan."""
     with pytest.raises(InputError, match=re.escape(message)):
