@@ -35,9 +35,16 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
     RASTER_HINT = "choose a raster layer or file"  # for a layer given to a raster parameter that is not a raster
     RADIOMETRY_OPTIONS = {"--scale": SCALE, "--offset": OFFSET}  # for algorithms with radiometry_parameters()
     FOOTPRINT_OPTIONS = {"--threshold": THRESHOLD, "--min-area-ha": MIN_AREA_HA}  # with footprint_parameters()
+    GROUP = "Footprints"  # the toolbox group: Footprints (segment, polygonize, evaluate) or Training
 
     def icon(self):
         return QIcon(str(ICON_PATH))
+
+    def group(self):
+        return self.GROUP
+
+    def groupId(self):  # noqa: N802 (QGIS API)
+        return self.GROUP.lower()
 
     def createInstance(self):  # noqa: N802 (QGIS API)
         return type(self)()

@@ -60,6 +60,7 @@ class LabelledDataAlgorithm(MineC2FAlgorithm):
     ENGINE_OPTIONS = {**MineC2FAlgorithm.ENGINE_OPTIONS, "--raster": RASTERS, "--polygons": POLYGONS,
                       "--extent": EXTENT, "--chip-size": CHIP_SIZE, "--val-fraction": VAL_FRACTION}
     DEFAULTS = defaults.TEACHER  # epochs, batch, lr, chip_size: as the command line's
+    GROUP = "Training"
 
     def add_data_parameters(self):
         self.addParameter(QgsProcessingParameterMultipleLayers(self.RASTERS, "Rasters", QgsProcessing.TypeRaster))

@@ -299,3 +299,13 @@ def test_runs_in_the_batch_dialog(plugin, qgis_iface, known_scene, constant_bund
     assert footprint_areas(tmp_path / "row0_output_footprints.gpkg") == pytest.approx(sorted(BLOCK_AREAS_HA), rel=0.01)
     assert footprint_areas(tmp_path / "row1_output_footprints.gpkg") == pytest.approx([BLOCK_AREAS_HA[0]], rel=0.01)
     dialog.deleteLater()
+
+
+def test_the_toolbox_groups_footprint_and_training_algorithms(plugin):
+    from qgis.core import QgsApplication
+
+    provider = QgsApplication.processingRegistry().providerById("minec2f")
+    groups = {algorithm.name(): algorithm.groupId() for algorithm in provider.algorithms()}
+    assert groups == {"segment": "footprints", "polygonize": "footprints", "evaluate": "footprints",
+                      "export_chips": "training", "train_teacher": "training", "finetune_student": "training"}
+    assert not provider.supportsNonFileBasedOutput()  # no 'Save to GeoPackage table' the engine cannot write
