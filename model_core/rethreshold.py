@@ -42,7 +42,7 @@ def polygonize_outputs(prob_path, out_dir):
 
 def polygonize_probability(prob_path, mask_path, footprints_path, *, threshold=None, min_area_ha=None,
                            overwrite=False, progress=None, is_canceled=None, log=None):
-    """Threshold a probability raster written by :func:`segment_scene` again and trace its footprints, without
+    """Threshold a probability raster written by ``pipeline.segment_scene`` again and trace its footprints, without
     running the model: a new mask (``mask_path``) and polygons (``footprints_path``). Unset ``threshold`` and
     ``min_area_ha`` are those the probability raster was written with. Outputs are staged as in segment_scene.
     At segment's threshold the mask can differ from segment's at pixels within half a step of the stored

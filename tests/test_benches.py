@@ -35,3 +35,11 @@ def test_mine_size_bench_prints_scores_per_size():
     rows = re.findall(r"^\S+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
     assert [float(row[0]) for row in rows] == [1.0, 2.0], out
     assert all(0 <= float(value) <= 1 for row in rows for value in row[1:]), out
+
+
+def test_speck_bench_prints_seconds_and_what_the_minimum_area_left():
+    out = run_bench("bench/vectorize_specks.py", "--size", "300")
+    match = re.search(r"300² px, (\d+) speck pixels around a 60² px footprint: [\d.]+ s, 1 polygon\(s\), (\d+) "
+                      r"footprint pixels left in the mask \(3600 in the footprint\)", out)
+    assert match and int(match.group(1)) > 0, out
+    assert 3600 <= int(match.group(2)) <= 3600 + 60 * 4, out  # specks touching the footprint join it

@@ -25,6 +25,7 @@ only when complete. An existing folder is replaced only when it is empty or hold
 index.csv, and in image/ and mask/ only the chips it lists); any other folder is refused, as is one holding the \
 inputs. CHIP_COUNT: chips written."""
 
+
 class ExportChipsAlgorithm(LabelledDataAlgorithm):
     STRIDE = "STRIDE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
