@@ -92,13 +92,14 @@ class MineC2FDock(QgsDockWidget):
         self.models = []
         self.started = 0.0
         self.input_name = ""
-        self.last_result = None  # (probability raster, group name) of the last segment run, for re-thresholding
+        # (probability raster, group name, probability layer id) of the last segment run, for re-thresholding
+        self.last_result = None
         self._build()
         self.missing = dependencies.missing_requirements()
         if self.missing:
             self.status.setText(dependencies.missing_message(self.missing))
-            self.run_button.setEnabled(False)
-            self.finetune_button.setEnabled(False)
+            for button in (self.run_button, self.finetune_button, self.reload_models_button):
+                button.setEnabled(False)
             return
         self.refresh_models()
         self._fill_devices()
@@ -258,6 +259,8 @@ class MineC2FDock(QgsDockWidget):
         form.addRow(hint)
         self.polygons_box = QgsMapLayerComboBox()
         self.polygons_box.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.polygons_box.setAllowEmptyLayer(True)  # chosen by the analyst, never a result added to the map
+        self.polygons_box.setLayer(None)
         self.polygons_box.setToolTip("Polygon layer of the footprints you digitised")
         form.addRow("Footprints", self.polygons_box)
         self.extent_box = QgsMapLayerComboBox()
@@ -312,7 +315,9 @@ class MineC2FDock(QgsDockWidget):
 
     # ---- model and bands
     def refresh_models(self, select=None):
-        """Re-read the bundled and user models; select the one at path ``select`` if given."""
+        """Re-read the bundled and user models; select the one at path ``select`` if given. The threshold, minimum
+        area and band table are reset only when the selected model changes; a selected model that is gone is said."""
+        before = self.model_box.currentData()
         self.models = available_models()
         self.model_box.blockSignals(True)
         self.model_box.clear()
@@ -321,7 +326,14 @@ class MineC2FDock(QgsDockWidget):
         if select is not None:
             self.model_box.setCurrentIndex(max(0, self.model_box.findData(str(select))))
         self.model_box.blockSignals(False)
+        if before is not None and self.model_box.currentData() == before:
+            entry = self.current_model()
+            self.card.setText(model_card(entry) if entry else "No model")
+            return
         self.model_changed()
+        if select is not None and self.model_box.findData(str(select)) < 0:
+            self.show_error(f"model {Path(select).name} is no longer in the models folder; "
+                            f"{self.model_box.currentText()} is selected instead")
 
     def open_models_folder(self):
         folder = models.user_models_dir()
@@ -402,7 +414,10 @@ class MineC2FDock(QgsDockWidget):
         from model_core.pipeline import output_paths
 
         input_path, entry = self.inputs()
-        folder = Path(self.folder_widget.filePath() or QgsProcessingUtils.tempFolder())
+        folder = Path(self.folder_widget.filePath() or QgsProcessingUtils.tempFolder()).expanduser()
+        if not folder.is_absolute():
+            raise QgsProcessingException(f"output folder '{folder}' is not a full path; choose the folder with the "
+                                         "... button")
         _, paths = first_free(input_path.stem, lambda stem: output_paths(Path(f"{stem}.tif"), folder))
         exclude = self.exclude_box.currentLayer()
         return {"INPUT": str(input_path), "MODEL": str(entry.path), "BANDS": self.band_mapping_text(),
@@ -427,8 +442,9 @@ class MineC2FDock(QgsDockWidget):
         if not name:
             name, _ = first_free(f"{input_path.stem}_{'teacher' if self.teacher_box.isChecked() else 'finetuned'}",
                                  lambda candidate: [folder / f"{candidate}.safetensors"])
-        elif not re.fullmatch(r"[\w-]+", name):
-            raise QgsProcessingException(f"model name '{name}': use letters, digits, '-' and '_' only")
+        elif not re.fullmatch(r"[\w-]{1,100}", name):
+            raise QgsProcessingException(f"model name '{name[:40]}{'...' if len(name) > 40 else ''}': use up to 100 "
+                                         "letters, digits, '-' and '_'")
         elif (folder / f"{name}.safetensors").exists():
             raise QgsProcessingException(f"a model named '{name}' exists already; choose another name")
         extent = self.extent_box.currentLayer()
@@ -499,8 +515,17 @@ class MineC2FDock(QgsDockWidget):
         self.context = QgsProcessingContext()
         self.context.setProject(QgsProject.instance())
         self.feedback = CollectingFeedback()
+        ok, message = self.algorithm.checkParameterValues(parameters, self.context)
+        if not ok:
+            self.show_error(in_dock_terms(message, self.algorithm))
+            return
         self.feedback.progressChanged.connect(lambda percent: self.progress.setValue(int(percent)))
         self.task = QgsProcessingAlgRunnerTask(self.algorithm, parameters, self.context, self.feedback)
+        if self.task.isCanceled():  # prepareAlgorithm failed (e.g. a layer that cannot be copied): it never runs
+            self.task = None
+            error = self.feedback.errors[-1] if self.feedback.errors else "the run could not start; see the log"
+            self.show_error(in_dock_terms(error, self.algorithm))
+            return
         self.task.executed.connect(lambda ok, results: self.finished(ok, results, parameters, done))
         self.started = time.monotonic()
         self.set_running(True)
@@ -519,6 +544,14 @@ class MineC2FDock(QgsDockWidget):
             self.status.setText("Cancelling...")
             self.task.cancel()
 
+    def stop(self):
+        """Cancel a running task without updating the dock (which is going away): its outputs are not written."""
+        if self.task is not None:
+            self.task.executed.disconnect()
+            self.feedback.progressChanged.disconnect()
+            self.task.cancel()
+            self.task = None
+
     def finished(self, ok, results, parameters, done):
         self.set_running(False)
         canceled = self.feedback.isCanceled()
@@ -536,18 +569,20 @@ class MineC2FDock(QgsDockWidget):
             self.status.setText("Cancelled; no output was written.")
             return
         canvas = self.iface.mapCanvas() if self.iface is not None else None
+        self.last_result = (results["OUTPUT_PROBABILITY"], self.input_name, None)
+        self.rethreshold_button.setEnabled(True)
         try:
-            add_results(self.input_name, results["OUTPUT_PROBABILITY"], results["OUTPUT_FOOTPRINTS"], canvas=canvas)
+            _, (_, probability) = add_results(self.input_name, results["OUTPUT_PROBABILITY"],
+                                              results["OUTPUT_FOOTPRINTS"], canvas=canvas)
         except ValueError as error:
             self.show_error(f"the results were written to {Path(parameters['OUTPUT_FOOTPRINTS']).parent} but could "
                             f"not be added to the map: {error}")
             return
-        self.last_result = (results["OUTPUT_PROBABILITY"], self.input_name)
-        self.rethreshold_button.setEnabled(True)
+        self.last_result = (results["OUTPUT_PROBABILITY"], self.input_name, probability.id())
         seconds = time.monotonic() - self.started
         folder = Path(parameters["OUTPUT_FOOTPRINTS"]).parent
         self.status.setText(f"<b>{footprint_summary(results)}</b>"
-                            f" in {seconds:.1f} s; files in {folder.name}/<br>"
+                            f" in {seconds:.1f} s; files in {html.escape(folder.name)}/<br>"
                             f"{html.escape(in_dock_terms(results['REFLECTANCE'], self.algorithm), quote=False)}")
         self.status.setToolTip(str(folder))
 
@@ -557,7 +592,8 @@ class MineC2FDock(QgsDockWidget):
             return
         setting = f"threshold {parameters['THRESHOLD']:g}, minimum area {parameters['MIN_AREA_HA']:g} ha"
         try:
-            add_footprints(self.last_result[1], results["OUTPUT_FOOTPRINTS"], f"{FOOTPRINTS_LAYER_NAME} ({setting})")
+            add_footprints(self.last_result[1], results["OUTPUT_FOOTPRINTS"], f"{FOOTPRINTS_LAYER_NAME} ({setting})",
+                           beside=self.last_result[2])
         except ValueError as error:
             self.show_error(f"the footprints were written to {results['OUTPUT_FOOTPRINTS']} but could not be added "
                             f"to the map: {error}")

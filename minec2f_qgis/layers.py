@@ -60,14 +60,16 @@ def add_results(input_name, prob_path, footprints_path, project=None, canvas=Non
     return group, [footprints, probability]
 
 
-def add_footprints(group_name, footprints_path, layer_name, project=None):
+def add_footprints(group_name, footprints_path, layer_name, beside=None, project=None):
     """Add the footprint polygons of ``footprints_path``, styled and named ``layer_name``, at the top of the group
-    ``group_name`` (made at the top of the layer tree if it is gone). Returns the layer."""
+    that holds the layer of id ``beside`` (else the first group named ``group_name``, made at the top of the layer
+    tree if it is gone). Returns the layer."""
     project = project or QgsProject.instance()
     footprints = _load_footprints(footprints_path, layer_name)
     apply_style(footprints, FOOTPRINTS_STYLE)
     root = project.layerTreeRoot()
-    group = root.findGroup(group_name) or root.insertGroup(0, group_name)
+    node = root.findLayer(beside) if beside else None
+    group = node.parent() if node is not None else root.findGroup(group_name) or root.insertGroup(0, group_name)
     project.addMapLayer(footprints, False)
     group.insertLayer(0, footprints)
     return footprints

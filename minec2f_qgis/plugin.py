@@ -37,6 +37,7 @@ class MineC2FPlugin:
 
     def unload(self):
         if self.dock is not None:
+            self.dock.stop()
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

@@ -238,6 +238,10 @@ def layer_file(layer, parameter):
         raise QgsProcessingException(f"{parameter}: no layer given or the layer cannot be read; "
                                      f"choose a raster layer or a raster file")
     path = Path(layer.source().split("|")[0])
+    if layer.providerType() == "gdal" and path.is_absolute() and not path.exists():
+        raise QgsProcessingException(f"{parameter}: the file of layer '{layer.name()}', {path}, no longer exists; "
+                                     f"add the raster again, or point the layer at its new place (right-click the "
+                                     f"layer > Change Data Source...)")
     if layer.providerType() != "gdal" or not path.is_file():
         raise QgsProcessingException(
             f"{parameter}: layer '{layer.name()}' ({layer.providerType()}) is not a raster file on disk; "

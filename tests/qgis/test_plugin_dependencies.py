@@ -118,5 +118,6 @@ def test_dock_says_what_is_missing_and_offers_no_run(plugin, qgis_iface, torch_m
     try:
         assert "missing from this QGIS: torch." in widget.status.text() and "pip install" in widget.status.text()
         assert not widget.run_button.isEnabled() and not widget.finetune_button.isEnabled()
+        assert not widget.reload_models_button.isEnabled()  # reading the models needs the engine
     finally:
         widget.deleteLater()

@@ -4,12 +4,17 @@ background task, find the styled results in a group named after the input; cance
 Set MINEC2F_DOCK_SCREENSHOT=docs/dock.png to refresh the README's screenshot."""
 
 import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from dock_tasks import wait_for_task
 from known_scene import MODEL_BANDS
-from qgis.core import (QgsFeature, QgsGeometry, QgsLayerTreeGroup, QgsProject, QgsRasterLayer, QgsRectangle,
-                       QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer, QgsVectorLayer)
+from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
+                       QgsRectangle, QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer, QgsVectorLayer)
+from qgis.PyQt.QtCore import QEvent
+from qgis.PyQt.QtGui import QTextDocument
 
 from minec2f_qgis import models
 from minec2f_qgis.dock import MineC2FDock
@@ -206,3 +211,122 @@ def test_another_threshold_and_minimum_area_apply_to_the_last_result_without_the
     (results / "known_scene_prob.tif").unlink()
     dock.rethreshold_button.click()
     assert dock.task is None and "probability raster" in dock.status.text() and "is gone" in dock.status.text()
+
+
+# ---- what a helper's QA run of the dock found (2026-11-29)
+
+def pump(seconds):
+    """Process Qt events for ``seconds`` (signals of a task that should not come)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def slot_errors(monkeypatch):
+    """Exceptions raised in Qt slots (QGIS shows them in its Python error dialog), collected."""
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, error, trace: errors.append(error))
+    return errors
+
+
+def test_a_run_that_cannot_start_says_why_and_frees_the_dock(dock):
+    """A scratch layer with a text 'fid' cannot be copied to a GeoPackage: Processing cancels the task as it is
+    made, so it never finishes; the dock used to stay on 'Segmenting...' with Run disabled."""
+    water = QgsVectorLayer("Polygon?crs=EPSG:32633&field=fid:string", "water", "memory")
+    feature = QgsFeature(water.fields())
+    feature.setAttributes(["lake-1"])
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(500550, 5799150, 500850, 5799450)))
+    water.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(water)
+    dock.exclude_box.setLayer(water)
+    dock.run_button.click()
+    assert dock.task is None and dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert "cannot copy layer 'water' to a temporary GeoPackage" in dock.status.text()
+
+
+def test_unloading_the_plugin_during_a_run_stops_it_quietly(plugin, dock, slot_errors):
+    plugin.show_dock(True)
+    plugin.dock.folder_widget.setFilePath(dock.folder_widget.filePath())
+    plugin.dock.run_button.click()
+    plugin.unload()  # Plugin Reloader, uninstall, or QGIS closing
+    QgsApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    pump(3)
+    assert slot_errors == []  # was: wrapped C/C++ object of type QProgressBar has been deleted
+
+
+def test_reloading_the_models_keeps_the_settings_of_the_selected_model(dock):
+    dock.threshold_box.setValue(0.3)
+    dock.min_area_box.setValue(2.0)
+    dock.band_table.cellWidget(0, 1).setCurrentIndex(3)  # B02 <- raster band 3
+    before = (dock.threshold_box.value(), dock.min_area_box.value(), dock.band_mapping_text())
+    dock.reload_models_button.click()
+    assert (dock.threshold_box.value(), dock.min_area_box.value(), dock.band_mapping_text()) == before
+    Path(dock.model_box.currentData()).unlink()
+    dock.reload_models_button.click()  # the selected model is gone: another is selected, and the dock says so
+    assert "is no longer in the models folder; minec2f-default" in dock.status.text()
+
+
+def test_rethreshold_goes_into_the_group_of_the_result_it_thresholds(dock):
+    dock.run_button.click()
+    wait_for_task(dock)
+    dock.run_button.click()
+    wait_for_task(dock)
+    root = QgsProject.instance().layerTreeRoot()
+    newest = root.children()[0]
+    root.addChildNode(newest.clone())  # the analyst drags the newer group below the older one
+    root.removeChildNode(newest)
+    dock.min_area_box.setValue(5.0)
+    dock.rethreshold_button.click()
+    wait_for_task(dock)
+    group = next(g for g in root.findGroups() if any("min5ha" in n.layer().source() for n in g.findLayers()))
+    assert "known_scene_2_prob.tif" in [Path(n.layer().source()).name for n in group.findLayers()]
+
+
+def test_a_raster_whose_file_is_gone_is_named_with_the_fix(dock, known_scene):
+    known_scene.unlink()
+    dock.run_button.click()
+    assert f"{known_scene}, no longer exists; add the raster again" in dock.status.text()
+
+
+def test_odd_names_and_folders_are_handled(dock, tmp_path, monkeypatch, slot_errors):
+    dock.model_name.setText("a" * 300)
+    dock.polygons_box.setLayer(QgsProject.instance().addMapLayer(
+        QgsVectorLayer("Polygon?crs=EPSG:32633", "digitised", "memory")))
+    dock.finetune_button.click()
+    assert slot_errors == [] and "use up to 100 letters, digits" in dock.status.text()
+
+    dock.folder_widget.setFilePath(str(tmp_path / "pits<b>2024 & 2025"))
+    dock.run_button.click()
+    wait_for_task(dock)
+    shown = QTextDocument()
+    shown.setHtml(dock.status.text())
+    assert "files in pits<b>2024 & 2025/" in shown.toPlainText()
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    dock.folder_widget.setFilePath("~/pit_results")
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert (tmp_path / "home" / "pit_results").is_dir() and not (tmp_path / "~").exists()
+
+
+def test_the_footprints_to_fine_tune_on_are_never_picked_for_the_analyst(dock):
+    """With no polygon layer chosen, a run's own 'Mining footprints' must not become the training labels."""
+    assert dock.polygons_box.currentLayer() is None
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert dock.polygons_box.currentLayer() is None
+    dock.finetune_button.click()
+    assert "choose the polygon layer of the footprints you digitised" in dock.status.text()
+
+
+def test_a_result_that_could_not_be_loaded_is_still_the_one_rethresholded(dock, monkeypatch):
+    def cannot_load(*args, **kwargs):
+        raise ValueError("cannot load it")
+    monkeypatch.setattr("minec2f_qgis.dock.add_results", cannot_load)
+    dock.run_button.click()
+    wait_for_task(dock)
+    assert "could not be added to the map" in dock.status.text()
+    assert dock.rethreshold_button.isEnabled() and dock.last_result[0].endswith("known_scene_prob.tif")
