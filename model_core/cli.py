@@ -351,7 +351,7 @@ def main(argv=None):
     os.environ.setdefault("GDAL_CACHEMAX", "64")
     args = build_parser().parse_args(argv)
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), _gdal_errors_in_messages():
             args.handler(args)
     except Cancelled as error:
         print(error, file=sys.stderr)
@@ -381,4 +381,17 @@ def _terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _gdal_errors_in_messages():
+    """GDAL's own "ERROR 1: ..." lines kept off stderr: the errors reach the one-line message (which quotes GDAL's
+    reason) as exceptions, so the output stays one line."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
 

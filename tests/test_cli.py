@@ -51,6 +51,19 @@ def test_bad_input_is_one_line_and_exit_1(tiny_bundle_path, tmp_path, capsys):
     assert error == f"error: input raster not found: {tmp_path / 'nope.tif'}; check the path\n"
 
 
+def test_a_damaged_raster_is_one_line_without_gdal_s_own_error_lines(make_raster, tiny_bundle_path, tmp_path):
+    """GDAL prints 'ERROR 1: TIFFFillTile...' lines of its own; the command's stderr stays its one-line message."""
+    dn = np.random.default_rng(1).integers(300, 3000, size=(6, 256, 256)).astype(np.uint16)
+    whole = make_raster("whole.tif", dn, descriptions=["B02", "B03", "B04", "B08", "B11", "B12"], tiled=True,
+                        blockxsize=256, blockysize=256, compress="deflate")
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    result = subprocess.run([sys.executable, "-m", "model_core", "segment", str(cut), "--model", str(tiny_bundle_path),
+                             "--out-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot read cut.tif") and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_band_mapping_option_is_parsed(make_raster, tiny_bundle_path, tmp_path, capsys):
     dn = np.random.default_rng(1).integers(300, 3000, size=(6, 40, 40)).astype(np.uint16)
     unnamed = make_raster("unnamed.tif", dn)
