@@ -184,10 +184,11 @@ def _training_interrupted(args):
     """What an interrupted training run kept: a checkpoint after each finished epoch, nothing before the first."""
     from .train import resume_path
 
-    if resume_path(args.out).exists():
-        return ("interrupted; the best model so far is at --out (a student's once an epoch beat its teacher), and the "
-                "same command with --resume continues the run")
-    return "interrupted before the first epoch ended; nothing was written (an existing --out is kept)"
+    if not resume_path(args.out).exists():
+        return "interrupted before the first epoch ended; nothing was written (an existing --out is kept)"
+    kept = ("the best model so far is at --out" if os.path.exists(args.out) else
+            "no epoch has beaten the teacher yet, so no model was written")
+    return f"interrupted; {kept}, and the same command with --resume continues the run"
 
 
 def add_train_command(subparsers):

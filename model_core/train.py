@@ -327,14 +327,20 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
                          "(resources/models/MODEL_CARD.md, Limits)")
             log(note)
     checkpoint = resume_path(out)
+    run = json.loads(json.dumps({"data": spec.training, "hyperparameters": spec.hyperparameters,
+                                 "teacher": spec.parent_hash}))  # what a checkpoint must have been made with
     if resume and checkpoint.exists():
         state = load_resume(checkpoint, net, optimizer)
+        _check_same_run(checkpoint, state.get("run"), run)
         loss.load_state_dict(state.get("loss", {}))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
                                                       last_epoch=state["epoch"] * steps - 1)
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
     elif resume:
         log(f"nothing to resume: no checkpoint {checkpoint.name} next to {out.name}; training from the start")
+    else:
+        checkpoint.unlink(missing_ok=True)  # an earlier run's: --resume must never continue it with this run's data
+    state["run"] = run
     log_path, curves_path = out.with_suffix(".log.csv"), out.with_suffix(".curves.png")
     torch.manual_seed(config.seed + state["epoch"])
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
@@ -412,6 +418,21 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
     else:
         best = {"epoch": 0, **start[0]} if start is not None else {}
     return TrainResult(out, state["best_epoch"], best, state["history"], log_path, curves_path)
+
+
+def _check_same_run(checkpoint, made_with, run):
+    """Refuse to resume from ``checkpoint`` when it was made with other data, settings or teacher than ``run``."""
+    if made_with is None or made_with == run:
+        return
+    for section in ("data", "hyperparameters"):
+        before, now = made_with.get(section) or {}, run.get(section) or {}
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                raise InputError(f"{checkpoint.name} was made with {key} {str(before.get(key))[:80]}, this run has "
+                                 f"{str(now.get(key))[:80]}; resume with the interrupted run's command, or drop "
+                                 "--resume and pass --overwrite to start again")
+    raise InputError(f"{checkpoint.name} was made from another teacher; resume with the interrupted run's command, "
+                     "or drop --resume and pass --overwrite to start again")
 
 
 def _validate(net, data, config, info):
@@ -517,8 +538,13 @@ def _check_output(out, overwrite, resume, inputs):
         raise OutputError(f"--out {out} would overwrite the input {clash[0]}; choose another --out")
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder; give the model a file name, such as {out / 'model.safetensors'}")
-    if out.exists() and not (overwrite or resume):
-        raise OutputError(f"{out} exists already; choose another --out or pass --overwrite")
+    checkpoint = resume_path(out)
+    if out.exists() and not overwrite and not resume:
+        hint = f" (or --resume: {checkpoint.name} beside it is an interrupted run's)" if checkpoint.exists() else ""
+        raise OutputError(f"{out} exists already; choose another --out or pass --overwrite{hint}")
+    if out.exists() and not overwrite and not checkpoint.exists():
+        raise OutputError(f"{out} is a finished model (no {checkpoint.name} to continue from); pass --overwrite to "
+                          "train it again, or choose another --out")
     check_output_folder(out.parent, "--out")
     return out
 

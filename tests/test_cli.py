@@ -89,8 +89,12 @@ def test_interrupted_training_says_what_is_kept_and_how_to_resume(monkeypatch, c
     assert "before the first epoch ended; nothing was written" in capsys.readouterr().err
     (tmp_path / "s.resume.safetensors").write_bytes(b"a checkpoint after an epoch")
     assert cli.main(args) == 130
-    assert "best model so far is at --out (a student's once an epoch beat its teacher), and the same command with " \
-           "--resume continues" in capsys.readouterr().err
+    assert "no epoch has beaten the teacher yet, so no model was written, and the same command with --resume " \
+           "continues" in capsys.readouterr().err
+    out.write_bytes(b"the best epoch so far")
+    assert cli.main(args) == 130
+    assert "interrupted; the best model so far is at --out, and the same command with --resume continues the run" \
+        in capsys.readouterr().err
 
 
 def test_sigterm_is_handled_as_an_interrupt(monkeypatch, capsys, tmp_path):

@@ -171,10 +171,22 @@ def test_cancel_mid_epoch_keeps_the_last_good_bundle_and_resumes(domains, tmp_pa
     assert load_bundle(out).spec.metrics["best_epoch"] == 1      # usable
     assert training.resume_path(out).exists()
     assert out.with_suffix(".log.csv").exists() and out.with_suffix(".curves.png").exists()  # epoch 1's curves
+    with pytest.raises(OutputError, match=r"exists already; .*--overwrite \(or --resume: t.resume.safetensors"):
+        train_teacher(images, polygons, out, config=config)
+    # another run's settings or data must not continue this checkpoint (the bundle would describe neither)
+    with pytest.raises(InputError, match="t.resume.safetensors was made with lr 0.001, this run has 0.01; resume "
+                                         "with the interrupted run's command"):
+        train_teacher(images, polygons, out, config=replace(config, lr=0.01), resume=True)
+    with pytest.raises(InputError, match="t.resume.safetensors was made with .*; resume with the interrupted"):
+        train_teacher(images[:1], polygons, out, config=config, resume=True)
     lines = []
     result = train_teacher(images, polygons, out, config=config, resume=True, log=lines.append)
     assert any("resumed" in line and "epoch 1" in line for line in lines)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    finished = out.read_bytes()
+    with pytest.raises(OutputError, match="t.safetensors is a finished model .*; pass --overwrite to train it again"):
+        train_teacher(images, polygons, out, config=config, resume=True)
+    assert out.read_bytes() == finished
 
 
 def test_resumed_student_trusts_the_teacher_as_much_as_before_the_cancel(domains, teacher, tmp_path, monkeypatch):
