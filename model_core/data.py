@@ -587,6 +587,13 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
         log(f"{len(train_chips)} training chips ({footprint_chips} with footprints, "
             f"{summary['train_hard_negatives']} hard negatives), {len(val_chips)} validation chips "
             f"({summary['val_footprint_chips']} with footprints)")
+        if val_chips and not summary["val_footprint_chips"]:
+            log(f"warning: none of the {len(val_chips)} validation chips holds a footprint, so the validation IoU "
+                "that picks the best epoch sees only false alarms; digitise footprints over more of the raster or "
+                "raise --val-fraction")
+        if all(c.positive_fraction >= c.valid_fraction - 1e-9 for c in train_chips + val_chips):
+            log("warning: the polygons cover every labelled pixel, so there is no background to learn from and "
+                "any model scores perfectly; label a wider area (a labelled extent around the footprints)")
     all_train_chips = [c for c in chips if c.split == "train"]
     train = ChipDataset(labelled, train_chips, mean, std, augment=augment, seed=seed)  # the others share its rasters
     return TrainingData(

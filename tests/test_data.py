@@ -345,6 +345,23 @@ def test_build_datasets_from_cli_arguments(tmp_path):
     assert len(list(background.sampler)) == 16
 
 
+def test_labels_that_cannot_score_a_model_are_warned_about(tmp_path):
+    """Validation without a footprint, or no background anywhere: validation IoU can pick nothing."""
+    raster = write_raster(tmp_path / "s.tif", scene(128), descriptions=BAND_NAMES)
+    lines = []
+    everything = write_polygons(tmp_path / "all.gpkg", [pixel_box(0, 128, 0, 128)])
+    build_datasets([raster], everything, model_bands=DEFAULT_MODEL_BANDS, chip_size=32, val_fraction=0.2,
+                   batch_size=4, log=lines.append)
+    assert any(line.startswith("warning: the polygons cover every labelled pixel") for line in lines)
+    lines.clear()
+    corner = write_polygons(tmp_path / "corner.gpkg", [pixel_box(0, 8, 0, 8)])
+    data = build_datasets([raster], corner, model_bands=DEFAULT_MODEL_BANDS, chip_size=32, val_fraction=0.2,
+                          batch_size=4, log=lines.append)
+    assert data.summary["val_footprint_chips"] == 0  # the one footprint chip trains
+    assert any(line.startswith("warning: none of the") and "holds a footprint" in line for line in lines)
+    assert not any("cover every labelled pixel" in line for line in lines)
+
+
 # ---------------------------------------------------------------------------------------------- export
 
 def test_export_chips_writes_georeferenced_pairs_and_an_index(tmp_path):
