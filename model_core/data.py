@@ -132,8 +132,11 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
             raise InputError(f"{path.name} has no coordinate reference system, so polygons cannot be placed on it; "
                              "assign one (gdal_edit.py -a_srs EPSG:XXXX or QGIS Assign Projection)")
         info = RasterBandInfo.from_dataset(src)
-        band_index = (match_bands(info, model_bands, band_mapping) if model_bands is not None
-                      else list(range(1, src.count + 1)))
+        try:
+            band_index = (match_bands(info, model_bands, band_mapping) if model_bands is not None
+                          else list(range(1, src.count + 1)))
+        except BandMismatchError as error:  # which of several rasters
+            raise BandMismatchError(f"{path.name}: {error}") from error
         radiometry, reason = resolve_radiometry(src, explicit_scale=scale, explicit_offset=offset,
                                                bands=band_index)
         raster_wkt = src.crs.to_wkt()

@@ -625,8 +625,7 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                              max_chips=config.max_chips, norm=norm, band_mapping=band_mapping, scale=scale,
                              offset=offset, polygon_layer=polygon_layer, extent_layer=extent_layer, log=log)
     except BandMismatchError as error:
-        raise BandMismatchError(f"the teacher {Path(teacher_path).name} cannot train on this raster: {error}") \
-            from error
+        raise BandMismatchError(f"the teacher {Path(teacher_path).name} cannot train on raster {error}") from error
     start = None
     if config.method == AUTO_METHOD:  # the teacher's scores are the student's starting scores, which fit reuses
         start, method = choose_method(teacher, data, config, info, log)

@@ -337,7 +337,7 @@ def test_teacher_bands_missing_from_the_raster(domains, teacher, make_raster, tm
     with rasterio.open(three, "w", **profile) as dst:
         dst.write(rgb)
     with pytest.raises(BandMismatchError,
-                       match=r"teacher teacher.safetensors cannot train on this raster: the raster lacks.*B08"):
+                       match=r"teacher teacher.safetensors cannot train on raster rgb.tif: the raster lacks.*B08"):
         finetune_student(teacher.bundle_path, [three], polygons, tmp_path / "s.safetensors",
                          config=TrainConfig(**CHIPS))
 
