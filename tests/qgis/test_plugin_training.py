@@ -175,8 +175,8 @@ def test_polygons_that_miss_the_raster_are_refused(plugin, scene, tmp_path):
 
 def test_teacher_bands_the_raster_lacks_are_named(plugin, scene, tiny_bundle_path, make_raster, tmp_path):
     rgb = make_raster("rgb.tif", np.full((3, 128, 128), 1500, dtype=np.uint16))
-    with pytest.raises(QgsProcessingException,
-                       match=r"the teacher tiny.safetensors cannot train on raster rgb.tif: the raster lacks.*\(BANDS\)"):
+    with pytest.raises(QgsProcessingException, match=r"the teacher tiny.safetensors cannot train on raster rgb.tif: "
+                                                     r"the raster lacks.*\(BANDS\)"):
         train("finetune_student", TEACHER=str(tiny_bundle_path), RASTERS=[str(rgb)],
               POLYGONS=str(scene["fine_polygons"]), OUTPUT_MODEL=str(tmp_path / "student.safetensors"))
 
