@@ -1,5 +1,5 @@
-"""Which input pixels hold data, and how MineC2F writes its output rasters: GeoTIFF profiles and the probability
-encoding.
+"""Input rasters opened and read with errors that say what to do, which of their pixels hold data, and how MineC2F
+writes its output rasters: GeoTIFF profiles and the probability encoding.
 
 Probability rasters come in two formats:
 

@@ -526,7 +526,8 @@ def _plot_curves(path, history, log):
 
 def _check_output(out, overwrite, resume, inputs):
     """``out`` as a Path, refused if it is no .safetensors file name, if it or a file written beside it is one of
-    the run's ``inputs``, if it exists (unless ``overwrite`` or ``resume``), or if its folder cannot be written."""
+    the run's ``inputs``, if it exists (unless ``overwrite``, or ``resume`` with a checkpoint beside it), or if its
+    folder cannot be written."""
     out = Path(out)
     if out.suffix.lower() != ".safetensors":
         raise OutputError(f"--out {out.name}: a model bundle is a .safetensors file; give a name such as "
