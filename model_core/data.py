@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.features
+import rasterio.transform
+import shapely
 import torch
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
@@ -46,7 +48,7 @@ from rasterio.windows import Window
 from . import defaults
 from .bands import Band, Radiometry, RasterBandInfo, match_bands, resolve_radiometry
 from .errors import BandMismatchError, Cancelled, InputError, OutputError
-from .polygons import crs_name, overlapping, read_polygons, reproject_polygons
+from .polygons import PolygonLayer, crs_name, overlapping, read_polygons, reproject_polygons
 from .rasters import read_bands, valid_pixels
 
 IGNORE = 255
@@ -546,7 +548,23 @@ def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapp
                        if extent is not None else None)
     labelled = [label_raster(path, footprints, extent_polygons, model_bands=model_bands, band_mapping=band_mapping,
                              scale=scale, offset=offset, log=log) for path in rasters]
+    outside = _outside_every_raster(footprints, labelled)
+    if outside and log:
+        log(f"{outside} of the {len(footprints.geometries)} polygons lie outside every raster and train nothing; "
+            "check their CRS or add the rasters they cover")
     return labelled, footprints, extent_polygons
+
+
+def _outside_every_raster(polygons, labelled):
+    """How many of ``polygons`` (a PolygonLayer) touch none of the ``labelled`` rasters."""
+    if not polygons.crs_wkt:  # taken to be in each raster's CRS
+        boxes = [shapely.box(*rasterio.transform.array_bounds(*r.shape, r.transform)) for r in labelled]
+    else:
+        boxes = [box for r in labelled for box in reproject_polygons(
+            PolygonLayer("", "", [shapely.box(*rasterio.transform.array_bounds(*r.shape, r.transform))],
+                         r.crs.to_wkt(), 0), polygons.crs_wkt)]
+    covered = shapely.union_all(boxes) if boxes else shapely.Polygon()
+    return sum(not geometry.intersects(covered) for geometry in polygons.geometries)
 
 
 def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256, stride=None,

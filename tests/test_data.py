@@ -84,6 +84,19 @@ def test_polygons_in_lonlat_are_reprojected_onto_the_utm_grid(tmp_path, utm_rast
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 29, 20, 39)
 
 
+def test_polygons_outside_every_raster_are_counted_in_the_log(tmp_path, utm_raster):
+    inside, far = to_lonlat(pixel_box(10, 30, 20, 40)), to_lonlat(pixel_box(5000, 5020, 0, 20))  # 50 km south
+    polygons = write_polygons(tmp_path / "p.gpkg", [inside, far, far], "EPSG:4326")
+    lines = []
+    label_rasters([utm_raster], polygons, model_bands=DEFAULT_MODEL_BANDS, log=lines.append)
+    assert "2 of the 3 polygons lie outside every raster and train nothing; check their CRS or add the rasters " \
+           "they cover" in lines
+    lines.clear()
+    label_rasters([utm_raster], write_polygons(tmp_path / "in.gpkg", [inside], "EPSG:4326"),
+                  model_bands=DEFAULT_MODEL_BANDS, log=lines.append)
+    assert not any("outside every raster" in line for line in lines)
+
+
 def test_geojson_polygons_label_rasters_in_two_utm_zones(tmp_path, utm_raster):
     square = pixel_box(10, 30, 20, 40)
     geojson = tmp_path / "p.geojson"
