@@ -557,12 +557,10 @@ def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapp
 
 def _outside_every_raster(polygons, labelled):
     """How many of ``polygons`` (a PolygonLayer) touch none of the ``labelled`` rasters."""
-    if not polygons.crs_wkt:  # taken to be in each raster's CRS
-        boxes = [shapely.box(*rasterio.transform.array_bounds(*r.shape, r.transform)) for r in labelled]
-    else:
-        boxes = [box for r in labelled for box in reproject_polygons(
-            PolygonLayer("", "", [shapely.box(*rasterio.transform.array_bounds(*r.shape, r.transform))],
-                         r.crs.to_wkt(), 0), polygons.crs_wkt)]
+    boxes = [shapely.box(*rasterio.transform.array_bounds(*r.shape, r.transform)) for r in labelled]
+    if polygons.crs_wkt:  # else taken to be in each raster's CRS
+        boxes = [box for r, raster_box in zip(labelled, boxes) for box in reproject_polygons(
+            PolygonLayer("", "", [raster_box], r.crs.to_wkt(), 0), polygons.crs_wkt)]
     covered = shapely.union_all(boxes) if boxes else shapely.Polygon()
     return sum(not geometry.intersects(covered) for geometry in polygons.geometries)
 
