@@ -719,10 +719,14 @@ def _is_chip_export(folder):
         return False
     for kind in ("image", "mask"):
         sub = folder / kind
-        if sub.exists() and (not sub.is_dir() or any(
-                p.is_dir() or (Path(kind, p.name) not in listed and Path(kind, p.name.removesuffix(".aux.xml"))
-                               not in listed) for p in sub.iterdir())):
+        if not sub.exists():
+            continue
+        if not sub.is_dir():
             return False
+        for entry in sub.iterdir():  # a listed chip, or the .aux.xml beside one
+            names = {Path(kind, entry.name), Path(kind, entry.name.removesuffix(".aux.xml"))}
+            if entry.is_dir() or not names & listed:
+                return False
     return True
 
 
