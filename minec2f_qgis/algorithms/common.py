@@ -99,10 +99,13 @@ class MineC2FAlgorithm(QgsProcessingAlgorithm):
         """The algorithm's own checks, after QGIS's: raise QgsProcessingException naming the parameter and the
         fix. Subclasses extend it (calling super first). Here: THRESHOLD strictly between 0 and 1."""
         if self.parameterDefinition(self.THRESHOLD) is not None and parameters.get(self.THRESHOLD) not in (None, ""):
-            threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context)
-            if not 0.0 < threshold < 1.0:
-                raise QgsProcessingException(f"{self.THRESHOLD}: {threshold:g} must be between 0 and 1, both "
-                                             f"excluded (0.5 is even odds); or leave it empty")
+            from model_core.errors import InputError
+            from model_core.rasters import check_threshold
+
+            try:
+                check_threshold(self.parameterAsDouble(parameters, self.THRESHOLD, context))
+            except InputError as error:
+                raise QgsProcessingException(f"{self.THRESHOLD}: {error}") from error
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 (QGIS API)
         missing = missing_requirements()

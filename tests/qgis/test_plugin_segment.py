@@ -231,8 +231,8 @@ def test_bad_band_mapping_fails_validation(plugin, known_scene, constant_bundle_
 
 
 @pytest.mark.parametrize("parameters, message", [
-    ({"THRESHOLD": 1.0}, "THRESHOLD: 1 must be between 0 and 1, both excluded"),
-    ({"THRESHOLD": 0}, "THRESHOLD: 0 must be between 0 and 1, both excluded"),
+    ({"THRESHOLD": 1.0}, r"THRESHOLD: threshold 1.0 must be between 0 and 1 \(exclusive\)"),
+    ({"THRESHOLD": 0}, r"THRESHOLD: threshold 0.0 must be between 0 and 1 \(exclusive\)"),
     ({"MODEL": "scene.tif"}, "MODEL: scene.tif is not a .safetensors file; choose a MineC2F model bundle")])
 def test_parameters_qgis_would_call_incorrect_are_named_with_the_fix(plugin, known_scene, constant_bundle_path,
                                                                      parameters, message):
