@@ -12,16 +12,18 @@ import sys
 import sysconfig
 from pathlib import Path
 
-# import name -> pip requirement
+# import name -> pip requirement; shapely's depends on the GEOS of the process (shapely_requirement)
 REQUIRED = {
     "torch": "torch",
     "segmentation_models_pytorch": "segmentation-models-pytorch",
     "rasterio": "rasterio",
     "safetensors": "safetensors",
-    "shapely": "shapely>=2",
 }
-# shapely 2.0 wheels bundle GEOS 3.11, the oldest GEOS that QGIS 3.22 ships with on current Linux distributions.
+# shapely 2.0 wheels bundle GEOS 3.11, the oldest GEOS that QGIS 3.22 ships with on current Linux distributions;
+# shapely 2.1 wheels bundle GEOS 3.13.
+SHAPELY = "shapely>=2"
 SHAPELY_FOR_OLD_GEOS = "shapely>=2,<2.1"
+NEWEST_SHAPELY_GEOS = (3, 13)
 
 
 def _is_installed(module):
@@ -32,11 +34,21 @@ def _is_installed(module):
 
 
 def missing_requirements():
-    """pip requirements to install: packages that cannot be imported, in REQUIRED order, and :func:`shapely_clash`."""
+    """pip requirements to install: packages that cannot be imported, in REQUIRED order, then shapely when it is
+    missing (:func:`shapely_requirement`) or clashes with the process's GEOS (:func:`shapely_clash`)."""
     missing = [requirement for module, requirement in REQUIRED.items() if not _is_installed(module)]
-    if "shapely>=2" not in missing and shapely_clash():
+    if not _is_installed("shapely"):
+        missing.append(shapely_requirement())
+    elif shapely_clash():
         missing.append(SHAPELY_FOR_OLD_GEOS)
     return missing
+
+
+def shapely_requirement():
+    """The shapely to install: the 2.0 series where the process's GEOS is older than the newest wheels' (the
+    newest shapely would be refused by :func:`shapely_clash` after the install), else any shapely 2."""
+    process_geos = process_geos_version()
+    return SHAPELY_FOR_OLD_GEOS if process_geos is not None and process_geos < NEWEST_SHAPELY_GEOS else SHAPELY
 
 
 def process_geos_version():
@@ -63,8 +75,10 @@ def shapely_clash():
 
 
 def qgis_python():
-    """The Python interpreter QGIS embeds (``sys.executable`` is often the QGIS binary itself)."""
-    if Path(sys.executable).name.lower().startswith("python"):
+    """The Python interpreter QGIS embeds. ``sys.executable`` is often the QGIS binary itself, or whichever python3
+    comes first on PATH (pyenv, conda), so outside a virtual environment the interpreter is found from
+    ``sys.exec_prefix``, the installation this process runs on."""
+    if sys.prefix != sys.base_prefix:  # a virtual environment: its own interpreter
         return sys.executable
     prefix = Path(sys.exec_prefix)
     if os.name == "nt":  # OSGeo4W / standalone installer: apps/Python3x/python.exe
@@ -93,12 +107,15 @@ def format_command(command):
 
 def missing_message(requirements):
     """The one-line explanation shown when ``requirements`` must be installed."""
-    missing = [requirement for requirement in requirements if requirement != SHAPELY_FOR_OLD_GEOS]
+    clash = SHAPELY_FOR_OLD_GEOS in requirements and _is_installed("shapely")
+    missing = [requirement for requirement in requirements if not (clash and requirement == SHAPELY_FOR_OLD_GEOS)]
     parts = [f"MineC2F needs Python packages missing from this QGIS: {', '.join(missing)}."] if missing else []
-    if SHAPELY_FOR_OLD_GEOS in requirements:
+    if clash:
         parts.append(f"The installed shapely bundles a newer GEOS than this QGIS and would crash it; MineC2F needs "
                      f"{SHAPELY_FOR_OLD_GEOS} here.")
     parts.append(f"Install with: {format_command(pip_command(requirements))} (then restart QGIS)")
+    if not _is_installed("pip"):
+        parts.append("pip is missing from this Python too: install it first (Debian, Ubuntu: apt install python3-pip).")
     return " ".join(parts)
 
 

@@ -48,13 +48,38 @@ def test_missing_package_is_named_with_the_pip_command(torch_missing):
     assert dependencies.format_command(dependencies.pip_command(["torch"])) in message
 
 
-def test_pip_targets_the_python_qgis_runs(monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "executable", "/opt/qgis/bin/qgis")
+@pytest.mark.parametrize("executable", ["/opt/qgis/bin/qgis", "/root/.pyenv/shims/python3"])
+def test_pip_targets_the_python_qgis_runs(monkeypatch, tmp_path, executable):
+    """Not sys.executable: the QGIS binary, or whichever python3 came first on PATH when Python was embedded."""
+    monkeypatch.setattr(sys, "executable", executable)
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)  # QGIS's Python, not the venv the tests run in
     monkeypatch.setattr(sys, "exec_prefix", str(tmp_path))
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / version).touch()
     assert dependencies.pip_command(["torch"])[:4] == [str(tmp_path / "bin" / version), "-m", "pip", "install"]
+
+
+def test_pip_in_a_virtual_environment_installs_into_it():
+    assert sys.prefix != sys.base_prefix  # the suite runs in the repository's .venv
+    assert dependencies.pip_command(["torch"]) == [sys.executable, "-m", "pip", "install", "torch"]
+
+
+@pytest.mark.parametrize("process_geos, requirement", [((3, 11), dependencies.SHAPELY_FOR_OLD_GEOS),
+                                                       ((3, 13), dependencies.SHAPELY), (None, dependencies.SHAPELY)])
+def test_missing_shapely_is_asked_for_in_a_version_this_qgis_can_run(monkeypatch, process_geos, requirement):
+    """The newest shapely bundles a newer GEOS than QGIS 3.22 links (3.11 on Debian 12) and would be refused
+    after the install: ask for the 2.0 series straight away, and say it is missing, not that it clashes."""
+    monkeypatch.setitem(sys.modules, "shapely", None)
+    monkeypatch.setattr(dependencies, "process_geos_version", lambda: process_geos)
+    assert dependencies.missing_requirements() == [requirement]
+    message = dependencies.missing_message([requirement])
+    assert f"missing from this QGIS: {requirement}." in message and "would crash" not in message
+
+
+def test_missing_pip_is_named(monkeypatch, torch_missing):
+    monkeypatch.setitem(sys.modules, "pip", None)
+    assert "apt install python3-pip" in dependencies.missing_message(dependencies.missing_requirements())
 
 
 def test_plugin_loads_asks_once_and_installs_nothing_without_consent(qgis_iface, qgis_processing, torch_missing,
