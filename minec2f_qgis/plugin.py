@@ -6,7 +6,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
-from . import dependencies
+from . import dependencies, unload_engine
 from .provider import MineC2FProvider
 from .resources import ICON_PATH
 
@@ -48,6 +48,7 @@ class MineC2FPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        unload_engine()
 
     def show_dock(self, visible=True):
         if self.dock is None:

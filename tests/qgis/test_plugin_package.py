@@ -111,3 +111,35 @@ def test_qgis_process_finetunes_the_bundled_model_when_no_teacher_is_given(qgis_
     spec = read_spec(out)
     assert f"METHOD_USED:\t{spec.method}" in stdout
     assert (spec.role, spec.parent_hash) == ("student", file_sha256(DEFAULT_MODEL))
+
+
+ENGINE_RELOAD = """
+import importlib.util, sys
+from pathlib import Path
+import minec2f_qgis, model_core
+folder = Path(sys.argv[1]) / "minec2f_qgis"
+assert Path(model_core.__file__).parent == folder / "model_core", model_core.__file__
+assert str(folder) not in sys.path
+for name in ("resources", "models", "plugin", "provider", "dock", "dependencies", "algorithms", "layers"):
+    spec = importlib.util.find_spec(name)
+    assert spec is None or not str(spec.origin).startswith(str(folder)), name
+import model_core.paths
+(folder / "model_core" / "__init__.py").write_text('__version__ = "upgraded"')  # as an upgrade over it would
+minec2f_qgis.unload_engine()
+assert not [name for name in sys.modules if name.split(".")[0] == "model_core"]
+minec2f_qgis.import_engine()
+import model_core.paths
+print(model_core.__version__, Path(model_core.paths.__file__).parent == folder / "model_core")
+"""
+
+
+def test_installed_plugin_shadows_no_module_and_reloads_its_engine(plugin_zip, tmp_path):
+    """The plugin folder is not put on sys.path, where its modules (resources, models, plugin, ...) would shadow
+    other plugins' imports; its engine is imported from it, and forgotten on unload so that a reloaded or upgraded
+    plugin runs the new engine, not the one imported before."""
+    plugins = tmp_path / "plugins"
+    zipfile.ZipFile(plugin_zip).extractall(plugins)
+    run = subprocess.run(["/usr/bin/python3", "-c", ENGINE_RELOAD, str(plugins)], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(plugins), "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["upgraded", "True"]
