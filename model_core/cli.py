@@ -43,7 +43,7 @@ def add_segment_command(subparsers):
     parser.add_argument("--prob-format", choices=("uint8", "float32"), default="uint8",
                         help="uint8: probability*254, 255 nodata (default); float32: NaN nodata")
     parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
-                        help="auto: float16 on CUDA, bfloat16 on CPUs with native support (~2x faster); float32")
+                        help="auto: float16 on CUDA, bfloat16 on CPUs with native support (faster); float32")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="print only the result")
     parser.set_defaults(handler=run_segment)
@@ -71,7 +71,7 @@ def run_segment(args):
 
 def _add_footprint_arguments(parser):
     """--threshold and --min-area-ha: how probabilities become footprint polygons."""
-    parser.add_argument("--threshold", type=float, metavar="P", help="probability above which a pixel is footprint")
+    parser.add_argument("--threshold", type=float, metavar="P", help="probability at or above which a pixel is footprint")
     parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what MineC2F needs on Debian 12 (QGIS 3.22 from apt, a .venv on the system Python)
-# and returns quickly when everything is already there. Sourced by demo.sh, test.sh and package.sh.
+# and returns quickly when everything is already there. Sourced by demo.sh and test.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
