@@ -540,6 +540,25 @@ def test_a_student_that_never_beats_its_teacher_on_validation_is_the_teacher(dom
     assert result.log_path.exists() and not training.resume_path(result.bundle_path).exists()
 
 
+def test_the_bar_for_a_student_is_its_teacher_at_the_threshold_the_teacher_keeps(domains, teacher, tmp_path):
+    """A teacher whose own threshold suits the fine chips badly gives way to an epoch that scores better than it
+    does there, even when the teacher scores higher on the chips at another threshold: keeping it would deliver
+    its score at its own threshold."""
+    parent = load_bundle(teacher.bundle_path)
+    parent.spec.threshold = 0.95
+    path = save_bundle(tmp_path / "teacher.safetensors", parent.net, parent.spec)
+    lines = []
+    config = TrainConfig(method="finetune", epochs=1, steps_per_epoch=1, lr=1e-9, **CHIPS)  # the weights stay put
+    result = finetune_student(path, *domains["fine"], tmp_path / "s.safetensors", config=config, log=lines.append)
+    start = next(line for line in lines if line.startswith("starting model"))
+    best, own = (float(v) for v in re.search(r"val IoU ([\d.]+) .*; ([\d.]+) at its own threshold 0.95", start).groups())
+    assert own < best - 0.05, start  # the premise: 0.95 is far from the teacher's best threshold on these chips
+    epoch = result.history[0]["val_iou_best_threshold"]
+    assert own < epoch <= best + 0.005, (own, epoch, best)  # the epoch is the teacher, nearly
+    assert result.best_epoch == 1 and load_bundle(result.bundle_path).spec.metrics["best_epoch"] == 1
+    assert not any(line.startswith("no epoch beat") for line in lines)
+
+
 def test_the_bundles_threshold_is_the_best_on_all_labelled_chips(domains, teacher, tmp_path):
     """Validation chooses the epoch; the threshold comes from the training and validation chips together."""
     images, polygons = domains["fine"]
