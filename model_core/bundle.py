@@ -162,6 +162,9 @@ def _open(path):
     try:
         return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError) as error:
+        if path.suffix.lower() != ".safetensors":
+            raise BundleError(f"{path} is not a model bundle (a {path.suffix or 'suffix-less'} file); choose a "
+                              ".safetensors model bundle made by MineC2F") from error
         raise BundleError(f"{path} is not a readable model bundle (truncated or not a .safetensors file: {error}); "
                           "get a fresh copy of the model") from error
 

@@ -166,8 +166,8 @@ def label_raster(raster_path, polygons, extent=None, *, model_bands=None, band_m
                   if footprints else np.zeros(shape, dtype=np.uint8))
         image_valid, bare = _scan_pixels(src, band_index, _bare_ground_band_index(info, band_mapping), radiometry)
     labels[~(labelled & image_valid)] = IGNORE
-    log(f"{path.name}: {len(footprints)} polygons, {np.mean(labels == FOOTPRINT):.1%} footprint, "
-        f"{np.mean(labels == IGNORE):.1%} ignored pixels; {radiometry} ({reason})")
+    log(f"{path.name}: {len(footprints)} polygon{'s' * (len(footprints) != 1)}, {np.mean(labels == FOOTPRINT):.1%} "
+        f"footprint, {np.mean(labels == IGNORE):.1%} ignored pixels; {radiometry} ({reason})")
     return LabelledRaster(str(path), list(band_index), radiometry.scale, radiometry.offset, reason, labels,
                           image_valid, bare, len(footprints), src.crs, transform)
 
@@ -550,8 +550,9 @@ def label_rasters(rasters, polygons, extent=None, *, model_bands=None, band_mapp
                              scale=scale, offset=offset, log=log) for path in rasters]
     outside = _outside_every_raster(footprints, labelled)
     if outside and log:
-        log(f"{outside} of the {len(footprints.geometries)} polygons lie outside every raster and train nothing; "
-            "check their CRS or add the rasters they cover")
+        lie = "lies outside every raster and trains" if outside == 1 else "lie outside every raster and train"
+        log(f"{outside} of the {len(footprints.geometries)} polygons {lie} nothing; check their CRS or add the "
+            "rasters they cover")
     return labelled, footprints, extent_polygons
 
 

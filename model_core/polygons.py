@@ -72,7 +72,7 @@ def read_polygons(path, layer=None, *, allow_empty=False, log=None, what="polygo
                 geometries.append(shape)
         name = ogr_layer.GetName()
     if not geometries and not allow_empty:
-        raise InputError(f"layer {name!r} of {path} has no polygons; digitise footprint polygons or pick "
+        raise InputError(f"layer {name!r} of {path} ({what}) has no polygons; digitise polygons in it or pick "
                          "another layer")
     if repaired:
         log(f"{path.name}: repaired {repaired} invalid geometries")

@@ -554,8 +554,16 @@ def _check_output(out, overwrite, resume, inputs):
     return out
 
 
+# settings that only a distilling method, or only a student started from its teacher, uses
+DISTILLATION_SETTINGS = ("lambda_feat", "lambda_pred", "temperature", "distill_imagery", "rehearsal_scenes")
+TEACHER_INIT_SETTINGS = ("freeze_norm", "freeze_encoder")
+
+
 def _spec(config, name, role, bands, data, parent_hash=None, extra=None):
-    hyper = {k: v for k, v in asdict(config).items() if k not in ("device", "workers")}
+    """The bundle's spec; its hyper-parameters are the settings the method used, not those it ignored."""
+    unused = ("device", "workers", *(DISTILLATION_SETTINGS if config.method not in DISTILLING else ()),
+              *(TEACHER_INIT_SETTINGS if config.method not in TEACHER_INIT else ()))
+    hyper = {k: v for k, v in asdict(config).items() if k not in unused}
     hyper["decoder_channels"] = list(config.decoder_channels)
     hyper.update(extra or {})
     return ModelSpec(name=name, architecture=config.architecture, encoder=config.encoder,

@@ -54,6 +54,10 @@ def test_not_a_safetensors_file(tmp_path):
     text.write_text("hello, I am not a model\n" * 10)
     with pytest.raises(BundleError, match="not a readable model bundle"):
         load_bundle(text)
+    raster = tmp_path / "scene.tif"  # a raster picked as the model (--teacher, MODEL): named as such, not "truncated"
+    raster.write_bytes(b"II*\x00" + bytes(100))
+    with pytest.raises(BundleError, match=r"scene.tif is not a model bundle \(a .tif file\); choose a .safetensors"):
+        load_bundle(raster)
 
 
 def test_foreign_safetensors_file(tmp_path):

@@ -169,6 +169,9 @@ def test_extent_that_misses_the_raster_is_refused(tmp_path, utm_raster):
         label_raster(utm_raster, polygons, extent, model_bands=DEFAULT_MODEL_BANDS)
     with pytest.raises(InputError, match=r"labelled extent file \(--extent\) .*missing.gpkg does not exist"):
         label_rasters([utm_raster], tmp_path / "p.gpkg", tmp_path / "missing.gpkg", model_bands=DEFAULT_MODEL_BANDS)
+    write_polygons(tmp_path / "empty.gpkg", [])
+    with pytest.raises(InputError, match=r"empty.gpkg \(labelled extent file \(--extent\)\) has no polygons"):
+        label_rasters([utm_raster], tmp_path / "p.gpkg", tmp_path / "empty.gpkg", model_bands=DEFAULT_MODEL_BANDS)
 
 
 def test_empty_missing_and_unreadable_polygon_files_are_refused(tmp_path):

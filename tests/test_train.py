@@ -58,6 +58,8 @@ def test_teacher_loss_goes_down_and_leaves_bundle_log_and_curves(teacher):
     bundle = load_bundle(teacher.bundle_path)
     assert bundle.spec.role == "teacher" and bundle.spec.method == "coarse_only"
     assert bundle.spec.metrics["best_epoch"] == teacher.best_epoch
+    hyper = bundle.spec.hyperparameters  # what it trained with, not the settings of students it ignored
+    assert hyper["lr"] == 3e-3 and not {"lambda_feat", "rehearsal_scenes", "freeze_encoder"} & set(hyper)
     assert teacher.log_path.read_text().count("\n") == len(teacher.history) + 1
     assert teacher.curves_path.read_bytes()[:4] == b"\x89PNG"
     assert not training.resume_path(teacher.bundle_path).exists()  # a finished run leaves no checkpoint
@@ -503,6 +505,7 @@ def test_a_student_with_a_frozen_encoder_trains_the_decoder_and_head_only(domain
     result = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "s.safetensors", config=config)
     student, parent = load_bundle(result.bundle_path), load_bundle(teacher.bundle_path)
     assert student.spec.hyperparameters["freeze_encoder"] is True
+    assert "lambda_feat" not in student.spec.hyperparameters  # plain fine-tuning does not distil
     names = [name for name, _ in parent.net.named_parameters()]
     assert len(optimised[0]) == len([n for n in names if not n.startswith("model.encoder.")]) < len(names)
     changed = {name for name, value in parent.net.state_dict().items()
