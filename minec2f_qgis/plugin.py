@@ -1,7 +1,7 @@
 """The plugin object QGIS loads: Processing provider, toolbar action "Segment mining footprints", the dock, and
 the check for missing engine packages."""
 
-from qgis.core import QgsApplication, QgsMessageLog, QgsTask
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
@@ -12,6 +12,7 @@ from .resources import ICON_PATH
 
 TITLE = "MineC2F"
 ACTION_TEXT = "Segment mining footprints"
+DECLINED_KEY = "MineC2F/declined_requirements"  # the missing packages the user chose not to be asked about again
 
 
 class MineC2FPlugin:
@@ -69,10 +70,16 @@ class MineC2FPlugin:
             return missing
         message = dependencies.missing_message(missing)
         QgsMessageLog.logMessage(message, TITLE)
+        settings, declined = QgsSettings(), ",".join(missing)
+        if settings.value(DECLINED_KEY, "") == declined:  # "Ignore" last time, and the same packages are missing
+            self.iface.messageBar().pushMessage(TITLE, message, Qgis.Warning)
+            return missing
         answer = QMessageBox.question(
             self.iface.mainWindow(), f"{TITLE}: packages missing",
-            f"{message}\n\nRun this command now? It downloads the packages (PyTorch is large) with pip.",
-            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            f"{message}\n\nRun this command now? It downloads the packages (PyTorch is large) with pip. "
+            "Ignore: do not ask again while the same packages are missing.",
+            QMessageBox.Yes | QMessageBox.No | QMessageBox.Ignore, QMessageBox.No)
+        settings.setValue(DECLINED_KEY, declined if answer == QMessageBox.Ignore else "")
         if answer == QMessageBox.Yes:
             self.install(missing)
         return missing

@@ -96,6 +96,31 @@ def test_plugin_loads_asks_once_and_installs_nothing_without_consent(qgis_iface,
         plugin.unload()
 
 
+def test_ignore_stops_the_question_until_other_packages_are_missing(qgis_iface, qgis_processing, torch_missing,
+                                                                    question, installs, monkeypatch):
+    from qgis.core import Qgis, QgsSettings
+
+    from minec2f_qgis import classFactory
+    from minec2f_qgis.plugin import DECLINED_KEY
+
+    QgsSettings().remove(DECLINED_KEY)
+    question.answer = QMessageBox.Ignore
+    try:
+        for start in range(3):  # QGIS starts three times; the third time shapely is missing too
+            if start == 2:
+                monkeypatch.setitem(sys.modules, "shapely", None)
+            qgis_iface.messageBar().clear_messages()
+            plugin = classFactory(qgis_iface)
+            plugin.initGui()
+            plugin.unload()
+            warnings = qgis_iface.messageBar().get_messages(Qgis.Warning)
+            assert len(question.calls) == (1, 1, 2)[start]
+            assert bool(warnings) == (start == 1) and all("pip install" in warning for warning in warnings)
+        assert installs == []
+    finally:
+        QgsSettings().remove(DECLINED_KEY)
+
+
 def test_consent_runs_pip_for_the_missing_packages(qgis_iface, qgis_processing, torch_missing, question,
                                                    installs):
     from qgis.core import QgsApplication
