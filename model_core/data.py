@@ -602,6 +602,7 @@ def build_datasets(rasters, polygons, *, model_bands, extent=None, chip_size=256
         "val_footprint_chips": int(sum(c.is_footprint for c in val_chips)),
         "radiometry": [r.radiometry_reason for r in labelled],
         "reflectance": [str(Radiometry(r.scale, r.offset)) for r in labelled],
+        "raster_bands": [[int(band) for band in r.band_index] for r in labelled],  # per raster, for each model band
     }
     if log:
         log(f"{len(train_chips)} training chips ({footprint_chips} with footprints, "

@@ -372,6 +372,9 @@ def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     spec = load_bundle(tmp_path / "cli.safetensors").spec
     assert spec.role == "student"
     assert spec.training["radiometry"] == ["given"] * len(images)  # --scale for every raster, offset still detected
+    with rasterio.open(images[0]) as src:  # which raster band fed each model band, per raster
+        assert spec.training["raster_bands"] == [list(match_bands(RasterBandInfo.from_dataset(src),
+                                                                  spec.band_list()))] * len(images)
     assert spec.hyperparameters["gain_jitter"] == defaults.STUDENT["gain_jitter"]
     out, err = capsys.readouterr()
     assert "model:" in out
