@@ -30,6 +30,9 @@ def utc_now():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+UNFINISHED = "training_unfinished"  # metrics key: saved during training, cleared when the run ends
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild, feed and judge a model; stored as JSON in the bundle header."""
@@ -59,6 +62,14 @@ class ModelSpec:
 
     def band_list(self):
         return [Band(b["name"], float(b["wavelength_nm"])) for b in self.bands]
+
+    def unfinished_note(self):
+        """What to say of a bundle saved by a training run that has not finished (cancelled, interrupted or
+        failed after an epoch), else None."""
+        if not self.metrics.get(UNFINISHED):
+            return None
+        return (f"model {self.name} is the best epoch ({self.metrics.get('best_epoch')}) of a training run that did "
+                "not finish; finish it with --resume (or train it again) before relying on it")
 
     def to_json(self):
         return json.dumps(asdict(self), sort_keys=True)

@@ -87,6 +87,8 @@ def segment_scene(input_path, model, prob_path, mask_path, footprints_path, *, d
         device_info = resolve_device(device)
         batch = batch or device_info.inference_batch
         log(f"model {spec.name}: raster bands {band_index} for {[b.name for b in spec.band_list()]}")
+        if spec.unfinished_note():
+            log(f"warning: {spec.unfinished_note()}")
         log(f"{radiometry} ({radiometry_reason})")
         log(f"device {device_info.name}; {window.width} x {window.height} px, tile {tile}, overlap {overlap}, "
             f"batch {batch}")

@@ -53,7 +53,7 @@ from safetensors.torch import save_file
 from . import device as devices
 from . import defaults, synthetic
 from .bands import DEFAULT_MODEL_BANDS
-from .bundle import ModelSpec, load_bundle, save_bundle
+from .bundle import UNFINISHED, ModelSpec, load_bundle, save_bundle
 from .data import Augment, build_datasets
 from .distill import TeacherReliability, attention_map, attentive_feature_loss, attentive_prediction_loss
 from .errors import BandMismatchError, Cancelled, InputError, OutputError, check_output_folder, write_error
@@ -365,7 +365,8 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
                 if is_canceled():
                     if state["history"]:  # the curves of the epochs that finished, beside the log and best model
                         _plot_curves(curves_path, state["history"], log)
-                    kept = f"the best model so far is in {out.name}" if state["best_epoch"] else "no model was written"
+                    kept = (f"the best model so far is in {out.name}, marked unfinished" if state["best_epoch"]
+                            else "no model was written")
                     raise Cancelled(f"training cancelled in epoch {epoch}; {kept}, and the run resumes from "
                                     f"{checkpoint.name} with --resume")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
@@ -393,7 +394,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
         if row["val_iou_best_threshold"] > state["best_iou"]:
             state.update(best_iou=row["val_iou_best_threshold"], best_epoch=epoch, stale=0)
             spec.threshold = float(best_t)
-            spec.metrics = {**metrics, "best_epoch": epoch}
+            spec.metrics = {**metrics, "best_epoch": epoch, UNFINISHED: True}  # until the run ends
             save_bundle(out, net, spec, overwrite=True)
         else:
             state["stale"] += 1
@@ -630,6 +631,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
     out = _check_output(out, overwrite, resume, [teacher_path, *rasters, polygons, extent,
                                                  *((*coarse[0], coarse[1]) if coarse else ())])
     log = log or (lambda message: None)
+    if t.unfinished_note():
+        log(f"warning: the teacher: {t.unfinished_note()}")
     info = _training_device(config, log, "fine-tuning")
     bands = teacher.spec.band_list()
     norm = (teacher.spec.norm_mean, teacher.spec.norm_std)

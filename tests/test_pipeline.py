@@ -4,6 +4,7 @@ import errno
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import rasterio
 from osgeo import ogr
 from rasterio.transform import Affine, from_origin
 
-from model_core.bundle import load_bundle
+from model_core.bundle import UNFINISHED, load_bundle, save_bundle
 from model_core.errors import BandMismatchError, BundleError, Cancelled, InputError, OutputError
 from model_core.paths import DEFAULT_MODEL
 from model_core.pipeline import output_paths, segment_scene
@@ -258,6 +259,18 @@ def test_a_smaller_tile_alone_gets_an_overlap_that_fits_it(scene, outputs):
     assert load_bundle(DEFAULT_MODEL).spec.overlap > 64 // 2  # the bundled model's overlap does not fit 64 px tiles
     segment_scene(scene, DEFAULT_MODEL, *outputs, device="cpu", tile=64, log=lines.append)
     assert any("tile 64, overlap 16," in line for line in lines), lines
+
+
+def test_a_model_from_an_unfinished_training_run_is_named_as_such(scene, tiny_bundle, outputs, tmp_path):
+    """A cancelled or interrupted training leaves its best epoch so far: usable, but not what the run would give."""
+    lines = []
+    segment_scene(scene, tiny_bundle, *outputs, device="cpu", log=lines.append)
+    assert not any(line.startswith("warning:") for line in lines)
+    spec = replace(tiny_bundle.spec, metrics={"best_epoch": 2, UNFINISHED: True})
+    unfinished = save_bundle(tmp_path / "unfinished.safetensors", tiny_bundle.net, spec)
+    segment_scene(scene, unfinished, *outputs, device="cpu", overwrite=True, log=lines.append)
+    assert "warning: model tiny-test is the best epoch (2) of a training run that did not finish; finish it with " \
+           "--resume (or train it again) before relying on it" in lines
 
 
 def read_band(path):

@@ -171,6 +171,7 @@ def test_cancel_mid_epoch_keeps_the_last_good_bundle_and_resumes(domains, tmp_pa
     with pytest.raises(Cancelled, match="--resume"):
         train_teacher(images, polygons, out, config=config, is_canceled=cancel_in_epoch_two)
     assert load_bundle(out).spec.metrics["best_epoch"] == 1      # usable
+    assert "of a training run that did not finish; finish it with --resume" in load_bundle(out).spec.unfinished_note()
     assert training.resume_path(out).exists()
     assert out.with_suffix(".log.csv").exists() and out.with_suffix(".curves.png").exists()  # epoch 1's curves
     with pytest.raises(OutputError, match=r"exists already; .*--overwrite \(or --resume: t.resume.safetensors"):
@@ -185,6 +186,7 @@ def test_cancel_mid_epoch_keeps_the_last_good_bundle_and_resumes(domains, tmp_pa
     result = train_teacher(images, polygons, out, config=config, resume=True, log=lines.append)
     assert any("resumed" in line and "epoch 1" in line for line in lines)
     assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    assert load_bundle(out).spec.unfinished_note() is None
     finished = out.read_bytes()
     with pytest.raises(OutputError, match="t.safetensors is a finished model .*; pass --overwrite to train it again"):
         train_teacher(images, polygons, out, config=config, resume=True)
