@@ -307,8 +307,9 @@ class MineC2FDock(QgsDockWidget):
         self.device_box.addItem("CPU", "cpu")
         try:
             gpu = resolve_device("cuda")
-        except InputError:  # no CUDA device: only Auto and CPU are offered
-            self.device_box.setItemText(0, "Auto (no GPU found: CPU)")
+        except InputError as error:  # no CUDA device, or one this PyTorch cannot run: only Auto and CPU offered
+            self.device_box.setItemText(0, "Auto (no usable GPU: CPU)")
+            self.device_box.setItemData(0, str(error), Qt.ToolTipRole)
         else:
             self.device_box.addItem(f"GPU: {gpu.name}", "cuda")
             self.device_box.setItemText(0, f"Auto (GPU: {gpu.name})")

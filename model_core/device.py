@@ -6,7 +6,8 @@ two inference calls at once.
 """
 
 import os
-from contextlib import nullcontext
+import re
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +49,33 @@ def resolve_device(request="auto", *, cuda_available=None):
     has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     if request == "cuda" and not has_cuda:
         raise InputError("CUDA was requested but no CUDA device is available; use device cpu or auto")
-    if request in ("auto", "cuda") and has_cuda:
+    unsupported = unsupported_gpu() if has_cuda else None
+    if request == "cuda" and unsupported:
+        raise InputError(f"the GPU {unsupported}; install a PyTorch build for it, or use device cpu")
+    if request in ("auto", "cuda") and has_cuda and not unsupported:
         return DeviceInfo(torch.device("cuda"), torch.cuda.get_device_name(0), True)
-    return DeviceInfo(torch.device("cpu"), f"CPU ({torch.get_num_threads()} threads)", False)
+    why = f"; the GPU {unsupported}" if unsupported else ""
+    return DeviceInfo(torch.device("cpu"), f"CPU ({torch.get_num_threads()} threads{why})", False)
+
+
+def unsupported_gpu():
+    """What to say of the first GPU when this PyTorch build has no kernels for it (its first kernel would fail
+    with "no kernel image is available"), else None. Kernels for sm_XY run on the same major version with a minor
+    of Y or more; PTX (compute_XY) is compiled for any GPU of capability XY or more."""
+    arches = torch.cuda.get_arch_list()
+    if not arches:  # the build does not say: trust it
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    for arch in arches:
+        match = re.fullmatch(r"(sm|compute)_(\d+)(\d)a?", arch)  # sm_86: 8.6, sm_120: 12.0
+        if not match:
+            continue
+        kind, arch_version = match[1], (int(match[2]), int(match[3]))
+        if kind == "sm" and arch_version[0] == major and arch_version[1] <= minor or \
+                kind == "compute" and arch_version <= (major, minor):
+            return None
+    return (f"{torch.cuda.get_device_name(0)} (compute capability {major}.{minor}) is not supported by this PyTorch "
+            f"build ({', '.join(arches)})")
 
 
 def cpu_threads():
@@ -73,15 +98,43 @@ def inference_workers(info, threads=None):
     return 1 if info.is_cuda or (threads or cpu_threads()) < 2 else 2
 
 
+def is_out_of_memory(error):
+    """True for ``torch.OutOfMemoryError`` and the allocation failures that PyTorch raises as a plain RuntimeError
+    (cuDNN and cuBLAS workspaces, CUDA errors outside the caching allocator, the CPU allocator)."""
+    return isinstance(error, torch.OutOfMemoryError) or isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("out of memory", "ALLOC_FAILED", "can't allocate memory"))
+
+
+def _free_cache():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_with_oom_backoff(run, batch):
-    """Call ``run(batch)``; on CUDA out-of-memory, free the cache and retry with half the batch, down to 1."""
+    """Call ``run(batch)``; on out-of-memory, free the CUDA cache and retry with half the batch, down to 1. The
+    cache is freed after the ``except`` block: until then the failed call's frames hold its tensors."""
     while True:
         try:
             return run(batch)
-        except torch.cuda.OutOfMemoryError as error:
-            if batch <= 1:
-                raise InputError("the GPU ran out of memory even with one tile per batch; use a smaller tile "
-                                 "size or device cpu") from error
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            batch = max(1, batch // 2)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+        _free_cache()
+        if batch <= 1:
+            raise InputError("the GPU ran out of memory even with one tile per batch; use a smaller tile size or "
+                             "device cpu")
+        batch = max(1, batch // 2)
+
+
+@contextmanager
+def out_of_memory_as_input_error(advice):
+    """Turn an out-of-memory error raised inside into an InputError that says so and gives ``advice``."""
+    try:
+        yield
+        return
+    except RuntimeError as error:
+        if not is_out_of_memory(error):
+            raise
+        what = str(error).strip().splitlines()[0][:200]
+    _free_cache()
+    raise InputError(f"out of memory ({what}); {advice}")
