@@ -279,15 +279,23 @@ def load_resume(path, net, optimizer):
 
 # ------------------------------------------------------------------------------------------- the loop
 
-def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None, resume=False, progress=None,
-        is_canceled=None, log=None, info=None):
+def fit(net, data, config, loss, out, spec, **options):
     """Train ``net`` on ``data`` (TrainingData) with ``loss``; keep the best epoch as a bundle at ``out``.
 
     With ``start_threshold`` (a student started from its teacher) the starting weights are a candidate too,
     "epoch 0", scored at that threshold, which they would keep: when no epoch beats that score on the validation
     chips, the bundle holds them with that threshold. ``start``: their validation scores at every threshold if
-    already measured (``_validate`` of the same weights).
+    already measured (``_validate`` of the same weights). Out of memory (GPU or CPU) is an InputError that says
+    what to lower.
     """
+    advice = (f"lower --batch ({config.batch}) or --chip-size ({config.chip_size}), or train on the CPU "
+              f"(--device cpu); --resume continues from {resume_path(out).name} if an epoch has finished")
+    with devices.out_of_memory_as_input_error(advice):
+        return _fit(net, data, config, loss, out, spec, **options)
+
+
+def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None, resume=False, progress=None,
+         is_canceled=None, log=None, info=None):
     progress = progress or (lambda percent: None)
     is_canceled = is_canceled or (lambda: False)
     log = log or (lambda message: None)
@@ -339,6 +347,8 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
         state = load_resume(checkpoint, net, optimizer)
         _check_same_run(checkpoint, state.get("run"), run)
         loss.load_state_dict(state.get("loss", {}))
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
                                                       last_epoch=state["epoch"] * steps - 1)
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
@@ -375,9 +385,11 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
                     value, _ = loss(net, image, mask, valid, extra)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(value).backward()
+                scale = scaler.get_scale()
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
+                if scaler.get_scale() >= scale:  # a lower scale: inf gradients, the optimizer skipped this step
+                    scheduler.step()
                 losses.append(value.detach().item())
                 step += 1
                 progress(100.0 * ((epoch - 1) * steps + step) / total)
@@ -400,6 +412,7 @@ def fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None,
             state["stale"] += 1
         state["epoch"] = epoch
         state["loss"] = loss.state_dict()
+        state["scaler"] = scaler.state_dict()  # on CUDA its loss scale: a resumed run does not start over at 2^16
         try:
             _write_log(log_path, state["history"])
             save_resume(checkpoint, net, optimizer, state)

@@ -362,6 +362,16 @@ def test_polygons_that_miss_the_raster(domains, tmp_path):
         train_teacher(coarse_images[:1], far, tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
 
 
+def test_out_of_memory_in_training_says_what_to_lower(domains, tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(training, "_fit", out_of_memory)
+    with pytest.raises(InputError, match=r"out of memory \(CUDA out of memory. Tried to allocate 2.00 GiB\); lower "
+                                         r"--batch \(8\) or --chip-size \(64\), or train on the CPU"):
+        train_teacher(*domains["coarse"], tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
+
+
 def test_cli_train_and_finetune(domains, teacher, tmp_path, capsys):
     from model_core.cli import main
 

@@ -38,9 +38,10 @@ rasters. Empty: matched by band descriptions or standard band orders.
 <b>Model</b>: the .safetensors bundle of the best epoch (validation IoU on chips held out by location), with its \
 recommended threshold (the best on all labelled chips, training and validation together), training summary and \
 scores; it is written when the first epoch ends and replaced when a later epoch does better. A student must do \
-better than its teacher on the same chips: until an epoch does, nothing is written, and if none does the model \
-keeps the teacher's weights and threshold (BEST_EPOCH 0). An existing file is replaced, as in every Processing \
-algorithm. Cancelling keeps the best model so far; before the first epoch ends nothing is written. Beside it: \
+better than its teacher on the same chips, scored at the threshold the teacher would keep: until an epoch does, \
+nothing is written, and if none does the model keeps the teacher's weights and threshold (BEST_EPOCH 0). An \
+existing file is replaced, as in every Processing algorithm. Cancelling keeps the best model so far, marked \
+unfinished (segmenting with it warns); before the first epoch ends nothing is written. Beside it: \
 <i>model</i>.log.csv (one row per epoch) and <i>model</i>.curves.png (loss and validation curves). BEST_EPOCH, \
 VAL_IOU and VAL_F1 are the best epoch and its scores at the model's recommended threshold; METHOD_USED the \
 training method (the one the Automatic method chose); REFLECTANCE the scale and offset used for each raster, and \
@@ -191,6 +192,7 @@ class TrainingAlgorithm(LabelledDataAlgorithm):
             steps_per_epoch=self.parameterAsInt(parameters, self.STEPS_PER_EPOCH, context) or None,
             min_steps_per_epoch=self.DEFAULTS["min_steps_per_epoch"], gain_jitter=self.DEFAULTS["gain_jitter"],
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)][0],
+            workers=0,  # no DataLoader processes started from QGIS: spawned ones would run the QGIS binary
             **self.method_config(parameters, context))
         result = self.train(
             parameters, context, self.rasters, self.polygons, out, extent=self.extent, config=config,
