@@ -71,7 +71,8 @@ def run_segment(args):
 
 def _add_footprint_arguments(parser):
     """--threshold and --min-area-ha: how probabilities become footprint polygons."""
-    parser.add_argument("--threshold", type=float, metavar="P", help="probability at or above which a pixel is footprint")
+    parser.add_argument("--threshold", type=float, metavar="P",
+                        help="probability at or above which a pixel is footprint")
     parser.add_argument("--min-area-ha", type=float, metavar="A", help="drop footprints and holes smaller than A ha")
 
 

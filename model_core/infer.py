@@ -64,7 +64,7 @@ def cpu_has_native_bf16():
 
 def autocast_for(info, precision):
     """Reduced precision where the hardware does it natively when ``precision`` is "auto": float16 on CUDA,
-    bfloat16 on CPUs with AVX512-BF16/AMX (faster, README;  probabilities typically move by ~1e-3); else
+    bfloat16 on CPUs with AVX512-BF16/AMX (faster; probabilities typically move by ~1e-3); else
     float32."""
     if precision == "float32":
         return nullcontext()
