@@ -569,7 +569,8 @@ def test_the_bar_for_a_student_is_its_teacher_at_the_threshold_the_teacher_keeps
     config = TrainConfig(method="finetune", epochs=1, steps_per_epoch=1, lr=1e-9, **CHIPS)  # the weights stay put
     result = finetune_student(path, *domains["fine"], tmp_path / "s.safetensors", config=config, log=lines.append)
     start = next(line for line in lines if line.startswith("starting model"))
-    best, own = (float(v) for v in re.search(r"val IoU ([\d.]+) .*; ([\d.]+) at its own threshold 0.95", start).groups())
+    said = re.search(r"val IoU ([\d.]+) .*; ([\d.]+) at its own threshold 0.95", start)
+    best, own = float(said[1]), float(said[2])
     assert own < best - 0.05, start  # the premise: 0.95 is far from the teacher's best threshold on these chips
     epoch = result.history[0]["val_iou_best_threshold"]
     assert own < epoch <= best + 0.005, (own, epoch, best)  # the epoch is the teacher, nearly
