@@ -1,5 +1,6 @@
 """The models the plugin offers: the bundled one and any bundle in the user's models folder."""
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def available_models():
         except MineC2FError as error:
             entries.append(ModelEntry(path, f"{path.stem} ({origin}, unusable)", None, str(error)))
         else:
-            entries.append(ModelEntry(path, f"{spec.name} ({origin})", spec))
+            unfinished = ", unfinished training" if spec.unfinished_note() else ""
+            entries.append(ModelEntry(path, f"{spec.name} ({origin}{unfinished})", spec))
     return entries
 
 
@@ -44,9 +46,12 @@ def model_card(entry):
     """HTML summary of a model for the dock: what it is, its bands, recommended settings, validation scores."""
     if entry.spec is None:
         return f"<b>Cannot use {entry.path.name}</b>: {entry.error}"
+    from model_core.bundle import UNFINISHED
+
     spec = entry.spec
     metrics = ", ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
-                        for key, value in spec.metrics.items() if not isinstance(value, (dict, list)))
+                        for key, value in spec.metrics.items()
+                        if not isinstance(value, (dict, list)) and key != UNFINISHED)
     rows = [("Role", f"{spec.role}" + (f" ({spec.method})" if spec.method else "")),
             ("Network", f"{spec.architecture} / {spec.encoder}"),
             ("Bands", " ".join(band["name"] for band in spec.bands)),
@@ -55,4 +60,6 @@ def model_card(entry):
             ("Created", spec.created)]
     table = "".join(f"<tr><td><i>{key}</i>&nbsp;</td><td>{value}</td></tr>" for key, value in rows)
     description = f"<p>{spec.description}</p>" if spec.description else ""
+    if spec.unfinished_note():
+        description += f"<p><b>Warning</b>: {html.escape(spec.unfinished_note())}</p>"
     return f"<b>{spec.name}</b>{description}<table>{table}</table><small>{entry.path.name}</small>"

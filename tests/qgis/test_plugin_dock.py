@@ -48,6 +48,23 @@ def test_dock_shows_layer_model_card_and_band_mapping(dock):
     assert [dock.device_box.itemData(i) for i in range(dock.device_box.count())][:2] == ["auto", "cpu"]
 
 
+def test_a_model_from_an_unfinished_training_is_labelled_and_warned_about(tmp_path, constant_bundle_path,
+                                                                          monkeypatch):
+    from dataclasses import replace
+
+    from model_core.bundle import UNFINISHED, load_bundle, save_bundle
+
+    bundle = load_bundle(constant_bundle_path)
+    monkeypatch.setattr(models, "user_models_dir", lambda: tmp_path)
+    save_bundle(tmp_path / "halfway.safetensors", bundle.net,
+                replace(bundle.spec, name="halfway", metrics={"val_iou": 0.5, "best_epoch": 2, UNFINISHED: True}))
+    entry = next(entry for entry in models.available_models() if entry.path.name == "halfway.safetensors")
+    assert entry.label == "halfway (user, unfinished training)"
+    card = models.model_card(entry)
+    assert "<b>Warning</b>: model halfway is the best epoch (2) of a training run that did not finish" in card
+    assert "best_epoch 2, val_iou 0.500" in card and UNFINISHED not in card  # the spec is stored with sorted keys
+
+
 def test_run_adds_styled_results_in_a_group_named_after_the_input(dock, tmp_path):
     dock.band_table.cellWidget(0, 1).setCurrentIndex(1)  # B02 <- band 1, as matched: an explicit choice works
     dock.run_button.click()
