@@ -15,7 +15,10 @@ ENGINE_DIR = PLUGIN_DIR / "model_core"
 
 
 def import_engine():
-    """Import the plugin folder's ``model_core`` as ``model_core``, unless a ``model_core`` is imported already."""
+    """Import the plugin folder's ``model_core`` as ``model_core``, unless one from elsewhere is imported already
+    (the repository's, in the tests). Modules of this folder imported before (by an earlier version of the plugin
+    that did not unload them) are dropped first."""
+    unload_engine()
     if not ENGINE_DIR.is_dir() or "model_core" in sys.modules:
         return
     spec = importlib.util.spec_from_file_location("model_core", ENGINE_DIR / "__init__.py",

@@ -5,6 +5,7 @@ Nothing here imports the packages themselves (torch takes seconds to import); th
 """
 
 import ctypes
+import importlib.metadata
 import importlib.util
 import os
 import subprocess
@@ -33,11 +34,21 @@ def _is_installed(module):
         return False
 
 
+def _has_shapely_2():
+    """shapely can be imported and is 2.0 or newer (Debian 12's python3-shapely is 1.8, without the API used)."""
+    if not _is_installed("shapely"):
+        return False
+    try:
+        return int(importlib.metadata.version("shapely").split(".")[0]) >= 2
+    except (importlib.metadata.PackageNotFoundError, ValueError):  # cannot tell: importing it will
+        return True
+
+
 def missing_requirements():
     """pip requirements to install: packages that cannot be imported, in REQUIRED order, then shapely when it is
     missing (:func:`shapely_requirement`) or clashes with the process's GEOS (:func:`shapely_clash`)."""
     missing = [requirement for module, requirement in REQUIRED.items() if not _is_installed(module)]
-    if not _is_installed("shapely"):
+    if not _has_shapely_2():
         missing.append(shapely_requirement())
     elif shapely_clash():
         missing.append(SHAPELY_FOR_OLD_GEOS)
@@ -67,7 +78,7 @@ def shapely_clash():
     """True when the installed shapely bundles a newer GEOS than the process provides: its newer functions would
     then run on geometries built by the older GEOS and crash QGIS (shapely 2.1 with QGIS 3.22 on Debian 12)."""
     process_geos = process_geos_version()
-    if process_geos is None or not _is_installed("shapely"):
+    if process_geos is None or not _has_shapely_2():
         return False
     import shapely
 
@@ -107,9 +118,10 @@ def format_command(command):
 
 def missing_message(requirements):
     """The one-line explanation shown when ``requirements`` must be installed."""
-    clash = SHAPELY_FOR_OLD_GEOS in requirements and _is_installed("shapely")
+    clash = SHAPELY_FOR_OLD_GEOS in requirements and _has_shapely_2()
     missing = [requirement for requirement in requirements if not (clash and requirement == SHAPELY_FOR_OLD_GEOS)]
-    parts = [f"MineC2F needs Python packages missing from this QGIS: {', '.join(missing)}."] if missing else []
+    too_old = " (or too old)" if _is_installed("shapely") and not _has_shapely_2() else ""
+    parts = [f"MineC2F needs Python packages missing from this QGIS{too_old}: {', '.join(missing)}."] if missing else []
     if clash:
         parts.append(f"The installed shapely bundles a newer GEOS than this QGIS and would crash it; MineC2F needs "
                      f"{SHAPELY_FOR_OLD_GEOS} here.")

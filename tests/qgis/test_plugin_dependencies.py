@@ -77,6 +77,19 @@ def test_missing_shapely_is_asked_for_in_a_version_this_qgis_can_run(monkeypatch
     assert f"missing from this QGIS: {requirement}." in message and "would crash" not in message
 
 
+def test_shapely_1_is_replaced(monkeypatch):
+    """Debian 12's python3-shapely is 1.8: importable, without the 2.0 API the engine uses."""
+    import importlib.metadata
+
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.8.5" if name == "shapely" else version(name))
+    monkeypatch.setattr(dependencies, "process_geos_version", lambda: (3, 11))
+    assert dependencies.missing_requirements() == [dependencies.SHAPELY_FOR_OLD_GEOS]
+    message = dependencies.missing_message(dependencies.missing_requirements())
+    assert f"missing from this QGIS (or too old): {dependencies.SHAPELY_FOR_OLD_GEOS}." in message
+    assert "would crash" not in message
+
+
 def test_missing_pip_is_named(monkeypatch, torch_missing):
     monkeypatch.setitem(sys.modules, "pip", None)
     assert "apt install python3-pip" in dependencies.missing_message(dependencies.missing_requirements())

@@ -130,6 +130,10 @@ assert not [name for name in sys.modules if name.split(".")[0] == "model_core"]
 minec2f_qgis.import_engine()
 import model_core.paths
 print(model_core.__version__, Path(model_core.paths.__file__).parent == folder / "model_core")
+(folder / "model_core" / "__init__.py").write_text('__version__ = "again"')
+minec2f_qgis.import_engine()  # as a reload after a version whose unload() left its engine imported
+import model_core
+print(model_core.__version__, "model_core.paths" not in sys.modules)
 """
 
 
@@ -142,4 +146,4 @@ def test_installed_plugin_shadows_no_module_and_reloads_its_engine(plugin_zip, t
     run = subprocess.run(["/usr/bin/python3", "-c", ENGINE_RELOAD, str(plugins)], capture_output=True, text=True,
                          env={"PYTHONPATH": str(plugins), "PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["upgraded", "True"]
+    assert run.stdout.split() == ["upgraded", "True", "again", "True"]
