@@ -7,7 +7,7 @@ two inference calls at once.
 
 import os
 import re
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +49,7 @@ def resolve_device(request="auto", *, cuda_available=None):
     has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     if request == "cuda" and not has_cuda:
         raise InputError("CUDA was requested but no CUDA device is available; use device cpu or auto")
-    unsupported = unsupported_gpu() if has_cuda else None
+    unsupported = unsupported_gpu() if has_cuda and request != "cpu" else None
     if request == "cuda" and unsupported:
         raise InputError(f"the GPU {unsupported}; install a PyTorch build for it, or use device cpu")
     if request in ("auto", "cuda") and has_cuda and not unsupported:
@@ -63,7 +63,7 @@ def unsupported_gpu():
     with "no kernel image is available"), else None. Kernels for sm_XY run on the same major version with a minor
     of Y or more; PTX (compute_XY) is compiled for any GPU of capability XY or more."""
     arches = torch.cuda.get_arch_list()
-    if not arches:  # the build does not say: trust it
+    if not arches or torch.version.hip:  # the build does not say, or ROCm (gfx names): trust it
         return None
     major, minor = torch.cuda.get_device_capability(0)
     for arch in arches:
@@ -99,9 +99,9 @@ def inference_workers(info, threads=None):
 
 
 def is_out_of_memory(error):
-    """True for ``torch.OutOfMemoryError`` and the allocation failures that PyTorch raises as a plain RuntimeError
+    """True for ``torch.cuda.OutOfMemoryError`` and the allocation failures that PyTorch raises as a plain RuntimeError
     (cuDNN and cuBLAS workspaces, CUDA errors outside the caching allocator, the CPU allocator)."""
-    return isinstance(error, torch.OutOfMemoryError) or isinstance(error, RuntimeError) and any(
+    return isinstance(error, torch.cuda.OutOfMemoryError) or isinstance(error, RuntimeError) and any(
         text in str(error) for text in ("out of memory", "ALLOC_FAILED", "can't allocate memory"))
 
 
@@ -121,17 +121,16 @@ def run_with_oom_backoff(run, batch):
                 raise
         _free_cache()
         if batch <= 1:
-            raise InputError("the GPU ran out of memory even with one tile per batch; use a smaller tile size or "
-                             "device cpu")
+            raise InputError("ran out of memory even with one tile per batch; use a smaller tile size (or device "
+                             "cpu if this is the GPU)")
         batch = max(1, batch // 2)
 
 
-@contextmanager
-def out_of_memory_as_input_error(advice):
-    """Turn an out-of-memory error raised inside into an InputError that says so and gives ``advice``."""
+def explaining_out_of_memory(advice, function, *args, **kwargs):
+    """``function(*args, **kwargs)``; out of memory in it is an InputError that says so and gives ``advice``. The
+    cache is freed once the failed call's frames are gone, as in :func:`run_with_oom_backoff`."""
     try:
-        yield
-        return
+        return function(*args, **kwargs)
     except RuntimeError as error:
         if not is_out_of_memory(error):
             raise

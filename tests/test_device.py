@@ -100,14 +100,17 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory():
 
     with pytest.raises(RuntimeError, match="size mismatch"):
         devices.run_with_oom_backoff(run, 4)
-    with pytest.raises(RuntimeError, match="size mismatch"), devices.out_of_memory_as_input_error("lower it"):
-        run(1)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        devices.explaining_out_of_memory("lower it", run, 1)
 
 
-def test_out_of_memory_in_a_block_is_an_input_error_with_advice():
+def test_out_of_memory_in_a_call_is_an_input_error_with_advice():
+    def run(batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried\nto allocate")
+
     with pytest.raises(InputError, match=r"^out of memory \(CUDA out of memory\. Tried\); lower --batch$"):
-        with devices.out_of_memory_as_input_error("lower --batch"):
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried\nto allocate")
+        devices.explaining_out_of_memory("lower --batch", run, 8)
+    assert devices.explaining_out_of_memory("lower --batch", lambda batch: batch, 8) == 8
 
 
 @pytest.mark.parametrize("capability, arches, supported", [
