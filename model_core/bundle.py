@@ -69,7 +69,8 @@ class ModelSpec:
         if not self.metrics.get(UNFINISHED):
             return None
         return (f"model {self.name} is the best epoch ({self.metrics.get('best_epoch')}) of a training run that did "
-                "not finish; finish it with --resume (or train it again) before relying on it")
+                "not finish; finish it with --resume while its .resume.safetensors checkpoint remains (or train it "
+                "again) before relying on it")
 
     def to_json(self):
         return json.dumps(asdict(self), sort_keys=True)

@@ -290,8 +290,7 @@ def fit(net, data, config, loss, out, spec, **options):
     """
     advice = (f"lower --batch ({config.batch}) or --chip-size ({config.chip_size}), or train on the CPU "
               f"(--device cpu); --resume continues from {resume_path(out).name} if an epoch has finished")
-    with devices.out_of_memory_as_input_error(advice):
-        return _fit(net, data, config, loss, out, spec, **options)
+    return devices.explaining_out_of_memory(advice, _fit, net, data, config, loss, out, spec, **options)
 
 
 def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None, resume=False, progress=None,
@@ -350,7 +349,7 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
-                                                      last_epoch=state["epoch"] * steps - 1)
+                                                      last_epoch=state.get("lr_steps", state["epoch"] * steps) - 1)
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
     elif resume:
         log(f"nothing to resume: no checkpoint {checkpoint.name} next to {out.name}; training from the start")
@@ -375,9 +374,9 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
                 if is_canceled():
                     if state["history"]:  # the curves of the epochs that finished, beside the log and best model
                         _plot_curves(curves_path, state["history"], log)
-                    kept = (f"the best model so far is in {out.name}, marked unfinished" if state["best_epoch"]
-                            else "no model was written")
-                    raise Cancelled(f"training cancelled in epoch {epoch}; {kept}, and the run resumes from "
+                    saved = (f"the best model so far is in {out.name}, marked unfinished" if state["best_epoch"]
+                             else "no model was written")
+                    raise Cancelled(f"training cancelled in epoch {epoch}; {saved}, and the run resumes from "
                                     f"{checkpoint.name} with --resume")
                 image, mask, valid = (info.to_device(item[k]) for k in ("image", "mask", "valid"))
                 extra = info.to_device(next(imagery)["image"]) if imagery is not None else None
@@ -413,6 +412,7 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
         state["epoch"] = epoch
         state["loss"] = loss.state_dict()
         state["scaler"] = scaler.state_dict()  # on CUDA its loss scale: a resumed run does not start over at 2^16
+        state["lr_steps"] = scheduler.last_epoch  # steps the optimizer took: fewer when the scaler skipped some
         try:
             _write_log(log_path, state["history"])
             save_resume(checkpoint, net, optimizer, state)
@@ -439,18 +439,20 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
 
 
 def _check_same_run(checkpoint, made_with, run):
-    """Refuse to resume from ``checkpoint`` when it was made with other data, settings or teacher than ``run``."""
-    if made_with is None or made_with == run:
+    """Refuse to resume from ``checkpoint`` when it was made with other data, settings or teacher than ``run``.
+    What only one of them records is not compared: a MineC2F update between the two may add or drop entries."""
+    if made_with is None:
         return
     for section in ("data", "hyperparameters"):
         before, now = made_with.get(section) or {}, run.get(section) or {}
-        for key in sorted(set(before) | set(now)):
-            if before.get(key) != now.get(key):
-                raise InputError(f"{checkpoint.name} was made with {key} {str(before.get(key))[:80]}, this run has "
-                                 f"{str(now.get(key))[:80]}; resume with the interrupted run's command, or drop "
+        for key in sorted(set(before) & set(now)):
+            if before[key] != now[key]:
+                raise InputError(f"{checkpoint.name} was made with {key} {str(before[key])[:80]}, this run has "
+                                 f"{str(now[key])[:80]}; resume with the interrupted run's command, or drop "
                                  "--resume and pass --overwrite to start again")
-    raise InputError(f"{checkpoint.name} was made from another teacher; resume with the interrupted run's command, "
-                     "or drop --resume and pass --overwrite to start again")
+    if made_with.get("teacher") != run.get("teacher"):
+        raise InputError(f"{checkpoint.name} was made from another teacher; resume with the interrupted run's "
+                         "command, or drop --resume and pass --overwrite to start again")
 
 
 def _validate(net, data, config, info):

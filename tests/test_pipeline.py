@@ -270,7 +270,7 @@ def test_a_model_from_an_unfinished_training_run_is_named_as_such(scene, tiny_bu
     unfinished = save_bundle(tmp_path / "unfinished.safetensors", tiny_bundle.net, spec)
     segment_scene(scene, unfinished, *outputs, device="cpu", overwrite=True, log=lines.append)
     assert "warning: model tiny-test is the best epoch (2) of a training run that did not finish; finish it with " \
-           "--resume (or train it again) before relying on it" in lines
+           "--resume while its .resume.safetensors checkpoint remains (or train it again) before relying on it" in lines
 
 
 def read_band(path):

@@ -362,6 +362,18 @@ def test_polygons_that_miss_the_raster(domains, tmp_path):
         train_teacher(coarse_images[:1], far, tmp_path / "t.safetensors", config=TrainConfig(**CHIPS))
 
 
+def test_resume_compares_only_what_both_runs_record():
+    """A checkpoint from before a MineC2F update lacks entries it added and keeps ones it dropped."""
+    checkpoint = Path("s.resume.safetensors")
+    run = {"data": {"rasters": ["a.tif"], "raster_bands": [[1, 2]]}, "hyperparameters": {"lr": 1e-3}, "teacher": "x"}
+    older = {"data": {"rasters": ["a.tif"]}, "hyperparameters": {"lr": 1e-3, "lambda_feat": 0.1}, "teacher": "x"}
+    training._check_same_run(checkpoint, older, run)
+    with pytest.raises(InputError, match="made with lr 0.01, this run has 0.001"):
+        training._check_same_run(checkpoint, {**older, "hyperparameters": {"lr": 1e-2}}, run)
+    with pytest.raises(InputError, match="s.resume.safetensors was made from another teacher"):
+        training._check_same_run(checkpoint, {**older, "teacher": "y"}, run)
+
+
 def test_out_of_memory_in_training_says_what_to_lower(domains, tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
