@@ -350,6 +350,8 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
             scaler.load_state_dict(state["scaler"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total),
                                                       last_epoch=state.get("lr_steps", state["epoch"] * steps) - 1)
+        for _ in range(state["epoch"] * steps if imagery is not None else 0):
+            next(imagery)  # the distillation imagery where the interrupted run left it, as if never interrupted
         log(f"resumed from {checkpoint.name} after epoch {state['epoch']}")
     elif resume:
         log(f"nothing to resume: no checkpoint {checkpoint.name} next to {out.name}; training from the start")

@@ -207,8 +207,12 @@ def test_resumed_student_trusts_the_teacher_as_much_as_before_the_cancel(domains
     original = TeacherReliability.load_state_dict
     monkeypatch.setattr(TeacherReliability, "load_state_dict",
                         lambda self, state: restored.append(state) or original(self, state))
-    finetune_student(teacher.bundle_path, images, polygons, out, config=config, resume=True)
+    resumed = finetune_student(teacher.bundle_path, images, polygons, out, config=config, resume=True)
     assert restored == [saved]
+    # and epoch 2 trains as in an uninterrupted run: the same distillation imagery, so the same loss and scores
+    whole = finetune_student(teacher.bundle_path, images, polygons, tmp_path / "whole.safetensors", config=config)
+    assert [(row["loss"], row["val_iou"]) for row in resumed.history] == \
+        [(row["loss"], row["val_iou"]) for row in whole.history]
 
 
 def test_resume_checkpoint_of_a_net_with_other_layers_is_refused_clearly(tmp_path):
