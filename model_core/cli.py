@@ -45,7 +45,7 @@ def add_segment_command(subparsers):
     parser.add_argument("--precision", choices=("auto", "float32"), default="auto",
                         help="auto: float16 on CUDA, bfloat16 on CPUs with native support (faster); float32")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--quiet", action="store_true", help="print only the result")
+    parser.add_argument("--quiet", action="store_true", help="print only the result (and warnings)")
     parser.set_defaults(handler=run_segment)
 
 
@@ -54,7 +54,10 @@ def run_segment(args):
     from .bands import parse_band_mapping
     from .pipeline import output_paths, segment_scene
 
-    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    def say(message):
+        if not args.quiet or message.startswith("warning:"):
+            print(message, file=sys.stderr)
+
     prob_path, mask_path, footprints_path = output_paths(args.input, args.out_dir)
     result = segment_scene(
         args.input, args.model or paths.DEFAULT_MODEL, prob_path, mask_path, footprints_path, device=args.device,

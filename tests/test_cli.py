@@ -35,6 +35,19 @@ def test_segment_writes_outputs_and_prints_where(scene, tiny_bundle_path, tmp_pa
         assert (out / name).exists() and str(out / name) in printed
 
 
+def test_quiet_keeps_warnings(scene, tiny_bundle, tmp_path, capsys):
+    from dataclasses import replace
+
+    from model_core.bundle import UNFINISHED, save_bundle
+
+    unfinished = save_bundle(tmp_path / "halfway.safetensors", tiny_bundle.net,
+                             replace(tiny_bundle.spec, metrics={"best_epoch": 1, UNFINISHED: True}))
+    assert segment(scene, "--model", unfinished, "--out-dir", tmp_path / "out", "--tile", "64", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: model tiny-test is the best epoch (1) of a training run that did not finish")
+    assert err.count("\n") == 1  # nothing else: --quiet
+
+
 def test_existing_outputs_need_overwrite(scene, tiny_bundle_path, tmp_path, capsys):
     args = (scene, "--model", tiny_bundle_path, "--out-dir", tmp_path, "--tile", "64", "--quiet")
     assert segment(*args) == 0
