@@ -328,9 +328,9 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
         kept = evaluate_net(start_net, data.val, info, config.batch, thresholds=(float(start_threshold), 0.5))
         state["best_iou"] = kept[float(start_threshold)]["iou"]
         teacher_iou = start[0]["val_iou_best_threshold"]
-        log(f"starting model: val IoU {teacher_iou:.3f} at its best threshold on these chips, "
-            f"{start[0]['best_threshold']}; {state['best_iou']:.3f} at its own threshold {start_threshold}, which an "
-            "epoch must beat (else the student keeps the teacher)")
+        log(f"starting model: val IoU {teacher_iou:.3f} at its best threshold on these chips "
+            f"({start[0]['best_threshold']}), {state['best_iou']:.3f} at its own threshold {start_threshold}, which "
+            "an epoch must beat (else the student keeps the teacher)")
         if loss.distill and teacher_iou < defaults.WEAK_TEACHER_IOU:
             note = (f"note: the teacher agrees little with these fine labels (IoU {teacher_iou:.2f}); check "
                     "the result on a scene you did not label")
@@ -401,9 +401,6 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
         row = {"epoch": epoch, "steps": steps, "loss": float(np.mean(losses)), **fields,
                "seconds": round(time.perf_counter() - started, 2), "lr": scheduler.get_last_lr()[0]}
         state["history"].append(row)
-        log(f"epoch {epoch}/{config.epochs}: loss {row['loss']:.4f}, val IoU {row['val_iou']:.3f}, "
-            f"F1 {row['val_f1']:.3f} (best threshold {best_t}: IoU {row['val_iou_best_threshold']:.3f}), "
-            f"{row['seconds']:.1f} s")
         if row["val_iou_best_threshold"] > state["best_iou"]:
             state.update(best_iou=row["val_iou_best_threshold"], best_epoch=epoch, stale=0)
             spec.threshold = float(best_t)
@@ -420,6 +417,9 @@ def _fit(net, data, config, loss, out, spec, *, start_threshold=None, start=None
             save_resume(checkpoint, net, optimizer, state)
         except OSError as error:
             raise write_error(f"the training log or checkpoint next to {out}", error) from error
+        log(f"epoch {epoch}/{config.epochs}: loss {row['loss']:.4f}, val IoU {row['val_iou']:.3f}, "  # once saved
+            f"F1 {row['val_f1']:.3f} (best threshold {best_t}: IoU {row['val_iou_best_threshold']:.3f}), "
+            f"{row['seconds']:.1f} s")
         if state["stale"] >= config.patience:
             log(f"early stop: no better validation IoU for {config.patience} epochs")
             break
@@ -677,8 +677,8 @@ def finetune_student(teacher_path, rasters, polygons, out, *, extent=None,
                                f"{defaults.WEAK_TEACHER_IOU} for teachers trained on coarse outlines alone; this "
                                f"teacher: {t.role}, method {t.method}"} if start is not None else {}
     spec = _spec(config, Path(out).stem, "student", bands, data, parent_hash=teacher.sha256,
-                 extra={"teacher": t.name, "teacher_method": t.method, "feature_stages": "all decoder blocks",
-                        **chosen})
+                 extra={"teacher": t.name, "teacher_method": t.method, **chosen,
+                        **({"feature_stages": "all decoder blocks"} if config.method in DISTILLING else {})})
     spec.tile_size, spec.overlap = t.tile_size, t.overlap  # the teacher's net: its tiles suit the student too
     loss = LossForMethod(config, teacher.net if config.method in DISTILLING else None)
     with tempfile.TemporaryDirectory(prefix="minec2f_rehearsal_") as folder:
@@ -702,7 +702,7 @@ def _auto_method(teacher_iou, teacher_spec, log):
     that scores below ``defaults.WEAK_TEACHER_IOU`` on the validation chips, where distilling held students back;
     minec2f from every other teacher, also from a student (such as the bundled model) that scores low on new
     imagery, where distilling kept students from collapsing (bench/results/foreign_scenes.md)."""
-    bound, kind = defaults.WEAK_TEACHER_IOU, f"{teacher_spec.role}, method {teacher_spec.method}"
+    bound, kind = defaults.WEAK_TEACHER_IOU, f"a {teacher_spec.role} trained with method {teacher_spec.method}"
     if teacher_spec.method == "coarse_only" and teacher_iou < bound:
         log(f"method auto -> finetune (plain fine-tuning): the teacher ({kind}) scores IoU {teacher_iou:.2f} on the "
             f"validation chips, below {bound}; distilling from such coarse teachers held students back in our "
