@@ -307,10 +307,9 @@ class MineC2FDock(QgsDockWidget):
         self.device_box.addItem("CPU", "cpu")
         try:
             gpu = resolve_device("cuda")
-        except InputError as error:  # no CUDA device, or one this PyTorch cannot run: only Auto and CPU offered
+        except InputError:  # no CUDA device, or one this PyTorch cannot run: only Auto and CPU offered
             self.device_box.setItemText(0, "Auto (no usable GPU: CPU)")
-            if "not supported" in str(error):  # a GPU this PyTorch build cannot run: say which and why
-                self.device_box.setItemData(0, str(error), Qt.ToolTipRole)
+            self.device_box.setItemData(0, resolve_device("auto").name, Qt.ToolTipRole)  # says why, if a GPU is there
         else:
             self.device_box.addItem(f"GPU: {gpu.name}", "cuda")
             self.device_box.setItemText(0, f"Auto (GPU: {gpu.name})")

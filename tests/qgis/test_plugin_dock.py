@@ -13,7 +13,7 @@ from dock_tasks import wait_for_task
 from known_scene import MODEL_BANDS
 from qgis.core import (QgsApplication, QgsFeature, QgsGeometry, QgsLayerTreeGroup, QgsProject, QgsRasterLayer,
                        QgsRectangle, QgsSingleBandPseudoColorRenderer, QgsSingleSymbolRenderer, QgsVectorLayer)
-from qgis.PyQt.QtCore import QEvent
+from qgis.PyQt.QtCore import QEvent, Qt
 from qgis.PyQt.QtGui import QTextDocument
 
 from minec2f_qgis import models
@@ -46,6 +46,7 @@ def test_dock_shows_layer_model_card_and_band_mapping(dock):
     assert dock.threshold_box.value() == 0.5 and dock.min_area_box.value() == 0.5
     assert dock.band_mapping_text() == ",".join(f"{name}={i}" for i, (name, _) in enumerate(MODEL_BANDS, 1))
     assert [dock.device_box.itemData(i) for i in range(dock.device_box.count())][:2] == ["auto", "cpu"]
+    assert dock.device_box.itemData(0, Qt.ToolTipRole).startswith("CPU (")  # no GPU here: what auto runs on
 
 
 def test_a_model_from_an_unfinished_training_is_labelled_and_warned_about(tmp_path, constant_bundle_path,
